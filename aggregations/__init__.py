@@ -1,0 +1,1 @@
+"""Aggregations: named MongoDB pipelines for the standard questions."""

@@ -1,0 +1,116 @@
+"""The dimension schema (``telemetry_schema.json``) and the filters built like it.
+
+A schema names, in order, the fields that partition the data on disk and the
+values each may take; a MapReduce or aggregation filter is a document of the
+same shape that says which values to read.  Both follow SPEC section 3:
+``allowed_values`` is ``"*"``, a list, a single string, or ``{"min", "max"}``
+compared as strings.  A value that is not allowed becomes ``OTHER``, a missing
+one ``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+OTHER = "OTHER"
+UNKNOWN = "UNKNOWN"
+SUBMISSION_DATE = "submission_date"
+
+
+class SchemaError(ValueError):
+    """A schema or filter document that does not have the SPEC's shape."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dimension:
+    field_name: str
+    allowed_values: Any
+
+    def allows(self, value: str) -> bool:
+        """True when ``value`` passes this dimension's ``allowed_values``."""
+        return is_allowed(value, self.allowed_values)
+
+    def apply(self, value: Any) -> str:
+        """The stored value: the value itself, ``OTHER`` or ``UNKNOWN``."""
+        if value is None:
+            return UNKNOWN
+        value = value if isinstance(value, str) else str(value)
+        return value if self.allows(value) else OTHER
+
+
+def is_allowed(value: str, allowed: Any) -> bool:
+    if allowed == "*":
+        return True
+    if isinstance(allowed, str):
+        return value == allowed
+    if isinstance(allowed, list):
+        return value in allowed
+    if isinstance(allowed, dict):
+        low, high = allowed.get("min"), allowed.get("max")
+        return (low is None or value >= str(low)) and (high is None or value <= str(high))
+    raise SchemaError(f"allowed_values must be '*', a string, a list or {{min, max}}, not {allowed!r}")
+
+
+class Schema:
+    """A parsed schema (or filter): ordered dimensions with their allowed values."""
+
+    def __init__(self, spec: Mapping[str, Any]):
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("dimensions"), list):
+            raise SchemaError("a schema needs a 'dimensions' list")
+        self.version = int(spec.get("version", 1))
+        dims = []
+        for i, d in enumerate(spec["dimensions"]):
+            if not isinstance(d, Mapping) or not isinstance(d.get("field_name"), str):
+                raise SchemaError(f"dimension {i} needs a 'field_name'")
+            allowed = d.get("allowed_values", "*")
+            is_allowed("", allowed)  # raises SchemaError on a bad shape
+            dims.append(Dimension(d["field_name"], allowed))
+        if not dims:
+            raise SchemaError("a schema needs at least one dimension")
+        self.dimensions: tuple[Dimension, ...] = tuple(dims)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Schema":
+        try:
+            with open(path, "rb") as f:
+                spec = orjson.loads(f.read())
+        except FileNotFoundError:
+            raise SchemaError(f"schema file {os.fspath(path)} does not exist") from None
+        except orjson.JSONDecodeError as e:
+            raise SchemaError(f"schema file {os.fspath(path)} is not JSON: {e}") from None
+        return cls(spec)
+
+    @property
+    def names(self) -> list[str]:
+        return [d.field_name for d in self.dimensions]
+
+    def dimensions_for(self, info: Mapping[str, Any], submission_date: str) -> list[str]:
+        """The stored dimension values of a record: ``info`` fields in schema order."""
+        values = []
+        for d in self.dimensions:
+            raw = submission_date if d.field_name == SUBMISSION_DATE else info.get(d.field_name)
+            values.append(d.apply(raw))
+        return values
+
+    def allows(self, values: Iterable[str]) -> bool:
+        """True when every value passes its dimension: the filter test for a whole file."""
+        return all(d.allows(v) for d, v in zip(self.dimensions, values))
+
+    def allows_level(self, level: int, value: str) -> bool:
+        """The filter test for one level of the layout, so walkers can prune directories."""
+        return level >= len(self.dimensions) or self.dimensions[level].allows(value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version,
+                "dimensions": [{"field_name": d.field_name, "allowed_values": d.allowed_values}
+                               for d in self.dimensions]}
+
+
+def submission_date(timestamp_ms: int) -> str:
+    """YYYYMMDD of the UTC day a record was received."""
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=timezone.utc).strftime("%Y%m%d")

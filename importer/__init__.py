@@ -1,0 +1,1 @@
+"""Importer: loads a layout dataset into MongoDB."""

@@ -1,0 +1,1 @@
+"""MapReduce: runs the original job-script API on local processes or on Dask."""

@@ -1,0 +1,1 @@
+"""Receiver: the HTTP service that accepts submissions and writes the raw log."""

@@ -1,0 +1,1 @@
+"""The `telemetry` command: one click group over every package's commands."""
