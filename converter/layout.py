@@ -105,6 +105,27 @@ class LayoutFile:
         return dimensions_from_path(self.relpath)
 
 
+def path_filter(filter: Schema) -> Schema:
+    """The filter with its values cleaned like path components, to match a layout.
+
+    A filter names values as clients send them (``saved-session``); the layout
+    stores them cleaned (``saved_session``), so both sides are compared cleaned,
+    as the original did.
+    """
+    def clean(allowed):
+        if allowed == "*":
+            return allowed
+        if isinstance(allowed, str):
+            return clean_value(allowed)
+        if isinstance(allowed, list):
+            return [clean_value(str(v)) for v in allowed]
+        return {k: clean_value(str(v)) for k, v in allowed.items()}
+
+    return Schema({"version": filter.version,
+                   "dimensions": [{"field_name": d.field_name, "allowed_values": clean(d.allowed_values)}
+                                  for d in filter.dimensions]})
+
+
 def find_layout_files(base: str | os.PathLike, filter: Schema | None = None,
                       include_plain: bool = True) -> list[LayoutFile]:
     """Every layout file under ``base`` whose dimensions pass ``filter``.
@@ -114,6 +135,7 @@ def find_layout_files(base: str | os.PathLike, filter: Schema | None = None,
     large dataset.  The result is sorted by relative path, so it is stable.
     """
     base = Path(base)
+    filter = path_filter(filter) if filter is not None else None
     if not base.is_dir():
         raise LayoutError(f"dataset directory {base} does not exist")
     found: list[LayoutFile] = []
