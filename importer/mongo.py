@@ -1,0 +1,307 @@
+"""Where MongoDB is: a URI the user gives, or an embedded server we run ourselves.
+
+Any MongoDB URI works (standalone, replica set, mongos).  When none is given,
+a first run should need nothing installed, so we start SecantusDB's
+MongoDB-wire server (``secantusd-py``, installed with the project) as its own
+process on a free loopback port, with its data in a per-user directory.  A
+small JSON pid file in that directory says which process and port it is, so
+later commands reuse it and ``telemetry mongo stop`` can end it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import orjson
+import pymongo
+from pymongo.errors import ConfigurationError, InvalidURI, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from importer.errors import EmbeddedServerError, MongoUnavailable
+
+PID_FILE = "secantusd.json"
+LOG_FILE = "secantusd.log"
+LOCK_FILE = ".secantusd.lock"
+MEMORY = ":memory:"
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """The per-user home of the embedded server: ``$XDG_DATA_HOME/telemetry/mongo``."""
+    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "share")
+    return Path(base) / "telemetry" / "mongo"
+
+
+@dataclass
+class MongoConfig:
+    """How to reach MongoDB: ``url`` if given, else the embedded server kept in ``data_dir``."""
+
+    url: str | None = None
+    data_dir: Path = Path(".telemetry-mongo")
+    storage_path: str | None = None      # default: ``data_dir/db``; ":memory:" for throwaway servers
+    host: str = "127.0.0.1"
+    start_timeout: float = 30.0
+    server_selection_timeout_ms: int = 3000
+    cache_size: str | None = None        # WiredTiger cache, e.g. "1G"
+
+
+@dataclass
+class EmbeddedServer:
+    """A running embedded server; ``process`` is set only in the process that started it."""
+
+    pid: int
+    port: int
+    host: str
+    data_dir: Path
+    storage_path: str
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://{self.host}:{self.port}/"
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """End the server (SIGTERM, then SIGKILL after ``timeout``) and remove its pid file."""
+        _terminate(self.pid, timeout, self.process)
+        pid_file = self.data_dir / PID_FILE
+        current = _read_pid_file(pid_file)
+        if current is not None and current.pid == self.pid:
+            pid_file.unlink(missing_ok=True)
+
+
+def server_executable() -> str:
+    """``secantusd-py`` next to the running interpreter (the venv), else on ``PATH``."""
+    candidate = Path(sys.executable).parent / "secantusd-py"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("secantusd-py")
+    if found is None:
+        raise EmbeddedServerError("secantusd-py is not installed (pip install SecantusDB==0.7.0b3)")
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def ping(url: str, timeout_ms: int = 500) -> bool:
+    """True when a server answers ``ping`` at ``url`` within the timeout."""
+    try:
+        with pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                                 socketTimeoutMS=max(timeout_ms, 2000)) as client:
+            client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+
+
+def start_embedded(data_dir: str | os.PathLike, storage_path: str | None = None, host: str = "127.0.0.1",
+                   timeout: float = 30.0, detach: bool = True, cache_size: str | None = None,
+                   pid_file: bool = True) -> EmbeddedServer:
+    """Start ``secantusd-py`` on a free loopback port and wait until it answers ``ping``.
+
+    ``detach`` puts it in its own session so it outlives the command that
+    started it (``telemetry mongo start``); tests keep it attached.  The port
+    is chosen just before the start, so a lost race is retried on another one.
+    """
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    storage = storage_path or str(data_dir / "db")
+    exe = server_executable()
+    last_error = ""
+    for _ in range(3):
+        port = free_port(host)
+        cmd = [exe, "--host", host, "--port", str(port), "--storage-path", storage, "--standalone",
+               "--log-level", "WARNING"]
+        if cache_size:
+            cmd += ["--cache-size", cache_size]
+        with open(data_dir / LOG_FILE, "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=detach, cwd=data_dir)
+        server = EmbeddedServer(proc.pid, port, host, data_dir, storage, proc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                last_error = _log_tail(data_dir / LOG_FILE)
+                break
+            if ping(server.url, 250):
+                if pid_file:
+                    _write_pid_file(data_dir / PID_FILE, server)
+                return server
+            time.sleep(0.05)
+        else:
+            _terminate(proc.pid, 5.0, proc)
+            raise EmbeddedServerError(f"the embedded server did not answer within {timeout:.0f}s "
+                                      f"(log: {data_dir / LOG_FILE})")
+    raise EmbeddedServerError(f"the embedded server exited at start: {last_error or 'no message'} "
+                              f"(log: {data_dir / LOG_FILE})")
+
+
+def embedded_status(data_dir: str | os.PathLike) -> EmbeddedServer | None:
+    """The embedded server of ``data_dir`` if its process is alive and answers; clears a stale pid file."""
+    pid_file = Path(data_dir) / PID_FILE
+    server = _read_pid_file(pid_file)
+    if server is None:
+        return None
+    if _alive(server.pid) and ping(server.url, 1000):
+        return server
+    if not _alive(server.pid):
+        with contextlib.suppress(FileNotFoundError):
+            pid_file.unlink()
+    return None
+
+
+def ensure_embedded(config: MongoConfig) -> tuple[EmbeddedServer, bool]:
+    """The embedded server of ``config.data_dir``, started if it is not running; ``(server, started)``."""
+    data_dir = Path(config.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(data_dir / LOCK_FILE):
+        server = embedded_status(data_dir)
+        if server is not None:
+            return server, False
+        stale = _read_pid_file(data_dir / PID_FILE)
+        if stale is not None:  # alive but not answering: not ours to reuse
+            raise EmbeddedServerError(f"process {stale.pid} holds {data_dir} but does not answer on "
+                                      f"port {stale.port}; run `telemetry mongo stop`")
+        return start_embedded(data_dir, config.storage_path, config.host, config.start_timeout,
+                              detach=True, cache_size=config.cache_size), True
+
+
+def stop_embedded(data_dir: str | os.PathLike, timeout: float = 15.0) -> EmbeddedServer | None:
+    """Stop the embedded server of ``data_dir``; the server that was stopped, or None if none ran."""
+    data_dir = Path(data_dir)
+    server = _read_pid_file(data_dir / PID_FILE)
+    if server is None:
+        return None
+    if not _alive(server.pid):
+        with contextlib.suppress(FileNotFoundError):
+            (data_dir / PID_FILE).unlink()
+        return None
+    server.stop(timeout)
+    return server
+
+
+def resolve_url(config: MongoConfig, notify: Callable[[str], None] | None = None) -> str:
+    """The URI to use: ``config.url`` if set, else the embedded server's (started on demand)."""
+    if config.url:
+        validate_url(config.url)
+        return config.url
+    server, started = ensure_embedded(config)
+    if started and notify is not None:
+        notify(f"started the embedded MongoDB server at {server.url} (data in {server.storage_path})")
+    return server.url
+
+
+def validate_url(url: str) -> None:
+    """Raise :class:`MongoUnavailable` for a URI that is not a MongoDB URI."""
+    try:
+        parse_uri(url)
+    except (InvalidURI, ConfigurationError, ValueError) as e:
+        raise MongoUnavailable(f"bad MongoDB URI {redact(url)!r}: {e}") from None
+
+
+def connect(url: str, timeout_ms: int = 3000, **options) -> pymongo.MongoClient:
+    """A client that has answered ``ping``; a bad URI or a silent server is a :class:`MongoUnavailable`."""
+    validate_url(url)
+    try:
+        client = pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
+                                     **options)
+    except (InvalidURI, ConfigurationError, ValueError, TypeError) as e:
+        raise MongoUnavailable(f"bad MongoDB URI {redact(url)!r}: {e}") from None
+    try:
+        client.admin.command("ping")
+    except PyMongoError as e:
+        client.close()
+        reason = str(e).split(",")[0].split(" (configured")[0]
+        raise MongoUnavailable(f"cannot reach MongoDB at {redact(url)}: {reason}") from None
+    return client
+
+
+def redact(url: str) -> str:
+    """The URI without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return url
+    creds, _, hosts = rest.partition("@")
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{hosts}"
+
+
+def _write_pid_file(path: Path, server: EmbeddedServer) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps({"pid": server.pid, "port": server.port, "host": server.host,
+                                  "storage_path": server.storage_path}))
+    tmp.replace(path)
+
+
+def _read_pid_file(path: Path) -> EmbeddedServer | None:
+    try:
+        data = orjson.loads(path.read_bytes())
+        return EmbeddedServer(int(data["pid"]), int(data["port"]), data.get("host", "127.0.0.1"),
+                              path.parent, data.get("storage_path", ""))
+    except FileNotFoundError:
+        return None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        path.unlink(missing_ok=True)  # unreadable: no server can be found through it anyway
+        return None
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own exited child so it stops looking alive
+        if done == pid:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _terminate(pid: int, timeout: float, process: subprocess.Popen | None) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None:
+            if process.poll() is not None:
+                return
+        elif not _alive(pid):
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if process is not None:
+        process.wait(5)
+
+
+def _log_tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
