@@ -1,0 +1,30 @@
+"""The progress bar of a running job: files and records, shown only on a terminal."""
+
+from __future__ import annotations
+
+import sys
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(self, enabled: bool | None = None):
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._bar: tqdm | None = None
+
+    def phase(self, name: str, total_files: int) -> None:
+        self.close()
+        if self.enabled:
+            self._bar = tqdm(total=total_files, desc=name, unit="file", file=sys.stderr,
+                             dynamic_ncols=True, leave=False)
+
+    def update(self, files: int, records: int) -> None:
+        if self._bar is not None:
+            self._bar.n = files
+            self._bar.set_postfix(records=records, refresh=False)
+            self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
