@@ -146,17 +146,19 @@ def evaluate(expr: str | int, histogram: str, symbols: Mapping[str, int] | None 
     """
     if isinstance(expr, bool):
         raise HistogramError(f"histogram {histogram}: expected an integer, got {expr!r}")
-    if isinstance(expr, int):
-        return expr
     if isinstance(expr, float) and expr.is_integer():
-        return int(expr)
+        expr = int(expr)
+    if isinstance(expr, int):
+        if abs(expr) > MAX_VALUE:
+            raise HistogramError(f"histogram {histogram}: value {expr} out of range")
+        return expr
     if not isinstance(expr, str):
         raise HistogramError(f"histogram {histogram}: expected an integer or expression, got {expr!r}")
     text = expr.strip()
-    if text.isdecimal() and text.isascii():
-        return int(text)
     if len(text) > MAX_EXPRESSION_LENGTH:
         raise HistogramError(f"histogram {histogram}: expression longer than {MAX_EXPRESSION_LENGTH} characters")
+    if text.isdecimal() and text.isascii() and len(text) < 19:
+        return int(text)
     table = KNOWN_SYMBOLS if symbols is None else {**KNOWN_SYMBOLS, **symbols}
     return _Parser(text, histogram, table).parse()
 
