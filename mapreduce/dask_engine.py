@@ -1,0 +1,88 @@
+"""The Dask engine: the same map and reduce tasks, run on a Dask distributed cluster.
+
+Each map task and reduce task is one Dask task calling the very functions the
+local engine runs, so the semantics and the output are the same.  Tasks
+read inputs and write intermediate files by path: on a real cluster the data
+dir and the work dir must be on a file system every worker sees (NFS, a
+shared volume).  The job script travels as its text.  Without a scheduler
+address a ``LocalCluster`` of one single-threaded worker process per mapper
+is started on loopback.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from mapreduce.errors import JobError
+from mapreduce.mapper import run_map_task
+from mapreduce.progress import Progress
+from mapreduce.reducer import run_reduce_task
+from mapreduce.task import MapResult, MapTask, ReduceResult, ReduceTask
+
+
+class DaskEngine:
+    def __init__(self, scheduler: str | None, workers: int):
+        self.scheduler = scheduler
+        self.workers = workers
+        self._cluster: Any = None
+        self._client: Any = None
+
+    def __enter__(self) -> "DaskEngine":
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise JobError("the Dask engine needs dask[distributed]: pip install 'telemetry-platform[dask]'"
+                           ) from None
+        try:
+            if self.scheduler:
+                self._client = Client(self.scheduler, timeout="30s")
+            else:
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                             host="127.0.0.1", dashboard_address=None)
+                self._client = Client(self._cluster)
+        except (OSError, TimeoutError) as e:
+            self.__exit__(None, None, None)
+            raise JobError(f"cannot reach the Dask scheduler {self.scheduler}: {e}") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+
+    def run(self, map_tasks: Sequence[MapTask], reduce_tasks: Sequence[ReduceTask], progress: Progress
+            ) -> tuple[list[MapResult], list[ReduceResult]]:
+        progress.phase("map", sum(len(t.files) for t in map_tasks))
+        maps = self._gather(run_map_task, map_tasks, progress)
+        progress.phase("reduce", 0)
+        reduces = self._gather(run_reduce_task, reduce_tasks, progress)
+        return maps, reduces
+
+    def _gather(self, fn: Any, tasks: Sequence[Any], progress: Progress) -> list[Any]:
+        from distributed import as_completed
+
+        futures = {self._client.submit(fn, task, key=f"telemetry-{task.name.replace(' ', '-')}-{id(task)}",
+                                       pure=False): task for task in tasks}
+        results: dict[int, Any] = {}
+        try:
+            for future in as_completed(futures):
+                task = futures[future]
+                try:
+                    results[task.index] = future.result()
+                except JobError:
+                    raise
+                except Exception as e:  # KilledWorker, CommClosedError, a worker's own failure
+                    where = ""
+                    if getattr(task, "files", None):
+                        where = f" (inputs: {', '.join(f.path for f in task.files[:3])}" \
+                                f"{', ...' if len(task.files) > 3 else ''})"
+                    raise JobError(f"{task.name} failed on Dask: {type(e).__name__}: {e}{where}") from None
+                done = list(results.values())
+                progress.update(sum(getattr(r, "files", 0) for r in done),
+                                sum(getattr(r, "records", 0) for r in done))
+        finally:
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+        return [results[t.index] for t in tasks]
