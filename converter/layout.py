@@ -80,11 +80,19 @@ def dimensions_from_path(relpath: str | os.PathLike) -> list[str]:
     return list(parts[:-1]) + pieces[:2]
 
 
-def published_name(relpath: str, extension: str) -> str:
-    """``{layout file name}.{32 hex digits, unique}.{ext}``: a fresh, never-reused name."""
+def published_name(relpath: str, extension: str, uid: str | None = None) -> str:
+    """``{layout file name}.{32 hex digits, unique}.{ext}``: a fresh, never-reused name.
+
+    ``uid`` lets a writer choose the 32 hex digits itself (the converter derives
+    them from its input so that a rerun after a crash rewrites the same names).
+    """
     if extension not in PUBLISHED_EXTENSIONS:
         raise ValueError(f"unknown published extension {extension!r}")
-    return f"{relpath}.{uuid.uuid4().hex}.{extension}"
+    if uid is None:
+        uid = uuid.uuid4().hex
+    elif not re.fullmatch(r"[0-9a-f]{32}", uid):
+        raise ValueError(f"a published file id is 32 hex digits, not {uid!r}")
+    return f"{relpath}.{uid}.{extension}"
 
 
 def is_layout_file(name: str, include_plain: bool = True) -> bool:
