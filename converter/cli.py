@@ -1,0 +1,78 @@
+"""Converter commands: ``telemetry process``, ``telemetry histogram-server`` and ``telemetry export``.
+
+Thin layer: options become a :class:`~converter.process.ConverterConfig`
+(command line > config file > defaults) and library functions do the work;
+their errors become one-line messages.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from converter.errors import ConfigError, ConverterError
+from converter.export import export
+from converter.process import ConverterConfig, process
+from converter.revisions import serve_histograms
+
+
+@click.command("process")
+@click.argument("raw", nargs=-1, type=click.Path())
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="JSON config file (the original converter's keys work).")
+@click.option("--output", "storage_path", help="Layout output directory (storage_path).")
+@click.option("--schema", "telemetry_schema", help="telemetry_schema.json (dimensions).")
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
+@click.option("--errors", "errors_path", help="Error output directory (default {output}/.errors).")
+@click.option("--retry-errors", type=click.Path(), help="Convert the error files of an earlier run again.")
+@click.option("--workers", type=int, help="Worker processes (default 1).")
+@click.option("--dedup", is_flag=True, default=None, help="Drop repeated submissions of a docId within the run.")
+@click.option("--codec", type=click.Choice(["zst", "lzma"]), help="Published compression (default zst).")
+@click.option("--level", "compression_preset", type=int, help="Compression level (zst 3, lzma 0 by default).")
+@click.option("--max-file-size", type=int, help="Rotate a layout file past this many uncompressed bytes.")
+@click.option("--max-uncompressed", type=int, help="Largest inflated body in bytes (default 1 MiB).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors: str | None,
+                    progress: bool | None, **options) -> None:
+    """Convert raw logs (files of any name, or the .finished files of directories) into the layout."""
+    if not raw and not retry_errors:
+        raise click.UsageError("name raw files or directories, or --retry-errors DIR")
+    try:
+        if config_path:
+            config = ConverterConfig.load(config_path, options)
+        else:
+            config = ConverterConfig.from_dict({k: v for k, v in options.items() if v is not None})
+        for notice in config.notices:
+            click.echo(f"note: {notice}", err=True)
+        summary = process(config, raw, retry_errors=retry_errors, progress=progress)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    except ConverterError as e:
+        raise click.ClickException(str(e)) from None
+    for line in summary.lines():
+        click.echo(line)
+    if summary.error_files:
+        click.echo(f"rejected records are in {config.errors}")
+
+
+@click.command("histogram-server")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False),
+              help="Directory laid out as {repo}/{rev}/Histograms.json.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=0, type=int, help="Port (0 picks a free one, announced on stdout).")
+def histogram_server_command(directory: str, host: str, port: int) -> None:
+    """Serve Histograms.json revisions at hg's raw-file URLs until Ctrl-C or SIGTERM."""
+    try:
+        server = serve_histograms(directory, host, port)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    click.echo(f"serving {directory} at {server.url}")
+    sys.stdout.flush()
+    server.wait()
+
+
+commands = [process_command, histogram_server_command, export]
