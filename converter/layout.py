@@ -69,7 +69,9 @@ def relative_path(dimensions: list[str], version: int = 2) -> str:
     if len(dimensions) < 2:
         raise ValueError("the layout needs at least two dimensions")
     parts = [clean_value(v) for v in dimensions]
-    name = f"{parts[-2]}.{parts[-1]}.v{version}.log"
+    # The file name is split on dots to recover its two dimensions, so they hold none.
+    last = [p.replace(".", "_") for p in parts[-2:]]
+    name = f"{last[0]}.{last[1]}.v{version}.log"
     return "/".join(parts[:-2] + [name])
 
 
