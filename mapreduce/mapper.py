@@ -47,7 +47,7 @@ def _map(task: MapTask, progress: MutableSequence[int] | None) -> MapResult:
                     progress[PROGRESS_RECORDS] += 1
             except LayoutError as e:
                 raise JobError(f"{task.name} cannot read its input {f.path}: {e}") from None
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # a script's sys.exit() is a failure too
                 raise JobError(f"{task.name} failed on {f.path} line {line_no}: "
                                f"{type(e).__name__}: {e}\n{_script_traceback(e)}") from None
             progress[PROGRESS_FILES_DONE] += 1
