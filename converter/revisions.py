@@ -356,8 +356,8 @@ class HistogramServer:
         self.requests: list[str] = []   # every path asked for, in order: tests count fetches with it
         self._lock = threading.Lock()
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="histogram-server",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
+                                        name="histogram-server", daemon=True)
 
     def _record(self, path: str) -> None:
         with self._lock:
