@@ -156,9 +156,9 @@ class LayoutWriter:
             self._rotate(part)
         elif part.buffered >= FLUSH_SIZE:
             self._spill(part)
-            if self.memory_limit is not None and self._on_disk > self.memory_limit:
-                self._rotate_largest()
-        if self._buffered > BUFFER_BUDGET:
+        if self.memory_limit is not None and self._buffered + self._on_disk > self.memory_limit:
+            self._rotate_largest()
+        elif self._buffered > BUFFER_BUDGET:
             for p in self._parts.values():
                 if p.buffered:
                     self._spill(p)
@@ -198,8 +198,8 @@ class LayoutWriter:
         self.pending.append(Pending(str(pending), str(self.root / target)))
 
     def _rotate_largest(self) -> None:
-        for part in sorted(self._parts.values(), key=lambda p: p.on_disk, reverse=True):
-            if self._on_disk <= self.memory_limit // 2:
+        for part in sorted(self._parts.values(), key=lambda p: p.on_disk + p.buffered, reverse=True):
+            if self._on_disk + self._buffered <= self.memory_limit // 2:
                 break
             self._rotate(part)
 
