@@ -1,0 +1,171 @@
+"""``telemetry import`` / ``python -m importer`` and ``telemetry mongo start|stop|status``.
+
+Only flag checking and messages live here; the work is in
+:mod:`importer.importer` and :mod:`importer.mongo`.  The environment
+(``TELEMETRY_MONGO_URL``, the per-user data directory) is read here, at the
+edge, and passed down in a :class:`~importer.mongo.MongoConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from converter.schema import Schema, SchemaError
+from importer.errors import DatasetError, ImporterError, MongoUnavailable
+from importer.importer import ON_DUPLICATE, ChunkResult, ImportOptions, import_dataset
+from importer.mongo import MongoConfig, default_data_dir, embedded_status, ensure_embedded, resolve_url, \
+    stop_embedded
+
+URL_ENV = "TELEMETRY_MONGO_URL"
+DATA_DIR_ENV = "TELEMETRY_MONGO_DIR"
+
+
+class BadSetup(click.ClickException):
+    """A bad URI, an unreachable server, a missing directory: one line, exit 2, no usage dump."""
+
+    exit_code = 2
+
+
+def mongo_options(f):
+    """``--mongo-url`` and ``--mongo-dir``, shared by every command that talks to MongoDB."""
+    f = click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV,
+                     help="Data directory of the embedded server [default: ~/.local/share/telemetry/mongo].")(f)
+    f = click.option("--mongo-url", envvar=URL_ENV, metavar="URI",
+                     help=f"MongoDB URI (or ${URL_ENV}); without one the embedded server is used.")(f)
+    return f
+
+
+def mongo_config(mongo_url: str | None, mongo_dir: Path | None) -> MongoConfig:
+    return MongoConfig(url=mongo_url or None, data_dir=mongo_dir or default_data_dir(os.environ))
+
+
+def connect_url(config: MongoConfig) -> str:
+    """The URI to use, starting the embedded server if needed; failures become usage errors (exit 2)."""
+    try:
+        return resolve_url(config, notify=lambda m: click.echo(m, err=True))
+    except ImporterError as e:
+        raise BadSetup(str(e)) from None
+
+
+@click.command("import")
+@click.argument("dataset", type=click.Path(path_type=Path))
+@click.option("-d", "--database", default="telemetry", show_default=True)
+@click.option("-c", "--collection", default="payloads", show_default=True)
+@click.option("--drop", is_flag=True, help="Drop the collection and its import records first.")
+@click.option("--workers", type=click.IntRange(1), default=max(1, (os.cpu_count() or 2) // 2), show_default=True,
+              help="Worker processes.")
+@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
+              help="Documents per insert.")
+@click.option("--write-concern", default="1", show_default=True,
+              help="w of every insert: a number or 'majority' (0 is accepted but loses error reports).")
+@click.option("--on-duplicate", type=click.Choice(ON_DUPLICATE), default="skip", show_default=True,
+              help="What a second record with the same docId does.")
+@click.option("--keep-dots", is_flag=True, help="Keep '.' in slowSQL/addonDetails keys (no [dot]).")
+@click.option("--schema", "schema_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="telemetry_schema.json naming the dimensions [default: the packaged one].")
+@click.option("--filter", "filter_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Import only files whose dimensions pass this filter.")
+@click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
+@mongo_options
+def import_(dataset, database, collection, drop, workers, batch_size, write_concern, on_duplicate, keep_dots,
+            schema_path, filter_path, no_indexes, mongo_url, mongo_dir):
+    """Load every layout file under DATASET into MongoDB, one document per record."""
+    if not dataset.is_dir():
+        raise BadSetup(f"dataset directory {dataset} does not exist")
+    wc: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+    try:
+        schema = Schema.load(schema_path) if schema_path else None
+        filter = Schema.load(filter_path) if filter_path else None
+    except SchemaError as e:
+        raise BadSetup(str(e)) from None
+    options = ImportOptions(database=database, collection=collection, drop=drop, workers=workers,
+                            batch_size=batch_size, write_concern=wc, on_duplicate=on_duplicate,
+                            keep_dots=keep_dots, schema=schema, filter=filter, create_indexes=not no_indexes)
+    url = connect_url(mongo_config(mongo_url, mongo_dir))
+    bar = _progress_bar()
+    try:
+        summary = import_dataset(dataset, url, options, progress=bar.update if bar else None)
+    except (MongoUnavailable, DatasetError) as e:
+        raise BadSetup(str(e)) from None
+    except ImporterError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if bar:
+            bar.close()
+    for path, error in summary.failed:
+        click.echo(f"failed: {error}", err=True)
+    for example in summary.examples:
+        click.echo(f"bad record: {example}", err=True)
+    click.echo(f"imported into {database}.{collection}: {summary.describe()}")
+    if not summary.ok:
+        sys.exit(1)
+
+
+class _progress_bar:
+    """A tqdm bar over bytes with files and records alongside, only when stderr is a terminal."""
+
+    def __new__(cls):
+        if not sys.stderr.isatty():
+            return None
+        return super().__new__(cls)
+
+    def __init__(self):
+        from tqdm import tqdm
+
+        self.bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="importing", file=sys.stderr)
+        self.files = self.records = 0
+
+    def update(self, chunk: ChunkResult) -> None:
+        self.files += len(chunk.files)
+        self.records += chunk.records
+        self.bar.set_postfix(files=self.files, records=self.records, refresh=False)
+        self.bar.update(chunk.bytes)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@click.group("mongo")
+def mongo():
+    """Manage the embedded MongoDB-wire server (SecantusDB)."""
+
+
+@mongo.command("start")
+@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+def mongo_start(mongo_dir):
+    """Start the embedded server if it is not running, and print its URI."""
+    config = mongo_config(None, mongo_dir)
+    try:
+        server, started = ensure_embedded(config)
+    except ImporterError as e:
+        raise click.ClickException(str(e)) from None
+    state = "started" if started else "already running"
+    click.echo(f"{state}: {server.url} (pid {server.pid}, data in {server.storage_path})")
+
+
+@mongo.command("stop")
+@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+def mongo_stop(mongo_dir):
+    """Stop the embedded server."""
+    config = mongo_config(None, mongo_dir)
+    server = stop_embedded(config.data_dir)
+    click.echo(f"stopped pid {server.pid}" if server else "not running")
+
+
+@mongo.command("status")
+@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+def mongo_status(mongo_dir):
+    """Say whether the embedded server runs (exit 0) or not (exit 1)."""
+    config = mongo_config(None, mongo_dir)
+    server = embedded_status(config.data_dir)
+    if server is None:
+        click.echo(f"not running (data dir {config.data_dir})")
+        sys.exit(1)
+    click.echo(f"running: {server.url} (pid {server.pid}, data in {server.storage_path})")
+
+
+commands = [import_, mongo]

@@ -1,0 +1,382 @@
+"""Loading a layout dataset into one MongoDB collection, losing nothing, safe to rerun.
+
+The original inserted each whole file unacknowledged (``w=0``) and swallowed
+every error, so a dataset could be silently incomplete.  Here every write is
+acknowledged (``w=1`` unless told otherwise), in unordered batches; a
+duplicate ``_id`` is counted, never fatal; a corrupt file is reported by name
+and the rest goes on.  An ``imports`` collection next to the data records
+each file as it starts and when it is finished (path, size, mtime, content
+hash, record count): a rerun skips finished files, and a file that was
+interrupted mid-way is imported again with replacing writes, so each record
+ends up there exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pymongo
+from pymongo import ReplaceOne, UpdateOne, WriteConcern
+from pymongo.errors import BulkWriteError, DocumentTooLarge, PyMongoError
+
+import converter
+from converter.layout import LayoutError, LayoutFile, LayoutReadStats, find_layout_files, read_layout_file
+from converter.schema import Schema
+from importer.document import META, SOURCE, DocumentError, make_document
+from importer.errors import DatasetError, ImporterError
+from importer.mongo import connect
+
+DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
+DUPLICATE_KEY = 11000
+ON_DUPLICATE = ("skip", "replace")
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class ImportOptions:
+    """What the importer does; the CLI builds one from its flags."""
+
+    database: str = "telemetry"
+    collection: str = "payloads"
+    imports_collection: str = "imports"
+    drop: bool = False
+    workers: int = 1
+    batch_size: int = 1000
+    write_concern: int | str = 1
+    on_duplicate: str = "skip"
+    keep_dots: bool = False
+    schema: Schema | None = None          # dimension names; the packaged default when None
+    filter: Schema | None = None          # only files whose dimensions pass
+    create_indexes: bool = True
+    chunk_bytes: int = 8 * 1024 * 1024   # compressed bytes of small files imported together
+    chunk_files: int = 256
+    timeout_ms: int = 5000
+
+    def dimension_names(self) -> list[str]:
+        return (self.schema or Schema.load(DEFAULT_SCHEMA)).names
+
+
+@dataclass
+class FileResult:
+    """What happened to one file."""
+
+    relpath: str
+    size: int
+    records: int = 0
+    bad_records: int = 0
+    skipped: bool = False        # finished by an earlier run
+    resumed: bool = False        # an earlier run was interrupted in it
+    error: str | None = None
+
+
+@dataclass
+class ChunkResult:
+    """A few files imported together; writes are batched across them, so counts are per chunk."""
+
+    files: list[FileResult] = field(default_factory=list)
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0            # records the server refused (too large, invalid)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def records(self) -> int:
+        return sum(f.records for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.size for f in self.files if not f.skipped)
+
+
+@dataclass
+class ImportSummary:
+    files: int = 0
+    files_skipped: int = 0
+    records: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    bad_records: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def add(self, chunk: ChunkResult) -> None:
+        for f in chunk.files:
+            self.files += 1
+            self.files_skipped += f.skipped
+            self.records += f.records
+            self.bad_records += f.bad_records
+            if f.error:
+                self.failed.append((f.relpath, f.error))
+        self.bytes += chunk.bytes
+        self.inserted += chunk.inserted
+        self.duplicates += chunk.duplicates
+        self.bad_records += chunk.rejected
+        self.examples.extend(chunk.examples[:max(0, 10 - len(self.examples))])
+
+    def describe(self) -> str:
+        rate = self.records / self.seconds if self.seconds else 0.0
+        return (f"{self.files} files ({self.files_skipped} already imported), {self.records} records, "
+                f"{self.inserted} inserted, {self.duplicates} duplicates, {self.bad_records} bad records, "
+                f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)")
+
+
+def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOptions | None = None,
+                   progress: Callable[[ChunkResult], None] | None = None) -> ImportSummary:
+    """Import every layout file under ``dataset_dir`` into ``options.database.collection`` at ``url``.
+
+    Files are grouped into chunks (one large file, or many small ones) so that
+    small files do not cost a round trip each; ``progress`` is called once
+    per chunk.  With more than one worker the chunks are shared among
+    processes, largest first.
+    """
+    options = options or ImportOptions()
+    if options.on_duplicate not in ON_DUPLICATE:
+        raise ImporterError(f"on_duplicate must be one of {', '.join(ON_DUPLICATE)}")
+    dataset_dir = Path(dataset_dir)
+    try:
+        files = find_layout_files(dataset_dir, options.filter)
+    except LayoutError as e:
+        raise DatasetError(str(e)) from None
+    names = options.dimension_names()
+    started = time.monotonic()
+    summary = ImportSummary()
+    client = connect(url, options.timeout_ms)
+    try:
+        db = client[options.database]
+        if options.drop:
+            db.drop_collection(options.collection)
+            db[options.imports_collection].delete_many({"collection": options.collection})
+        if options.create_indexes:  # before the data: building them afterwards rescans every document
+            create_indexes(db[options.collection], names)
+        chunks = make_chunks(files, options.chunk_bytes, options.chunk_files)
+        if options.workers <= 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                result = import_files(db, chunk, names, options)
+                summary.add(result)
+                if progress:
+                    progress(result)
+        else:
+            ctx = get_context("spawn")
+            with ProcessPoolExecutor(min(options.workers, len(chunks)), mp_context=ctx,
+                                     initializer=_init_worker, initargs=(url, options.timeout_ms)) as pool:
+                futures = [pool.submit(_import_in_worker, chunk, names, options) for chunk in chunks]
+                for future in as_completed(futures):
+                    result = future.result()
+                    summary.add(result)
+                    if progress:
+                        progress(result)
+    finally:
+        client.close()
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def make_chunks(files: list[LayoutFile], max_bytes: int, max_files: int) -> list[list[LayoutFile]]:
+    """Files grouped up to ``max_bytes``/``max_files`` each, largest first, for balanced workers."""
+    chunks: list[list[LayoutFile]] = []
+    current: list[LayoutFile] = []
+    size = 0
+    for lf in sorted(files, key=lambda f: (-f.size, f.relpath)):
+        if current and (size + lf.size > max_bytes or len(current) >= max_files):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(lf)
+        size += lf.size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def create_indexes(collection: pymongo.collection.Collection, names: Iterable[str]) -> list[str]:
+    """One index per dimension field, so filters and group-bys on them stay cheap."""
+    return collection.create_indexes([pymongo.IndexModel([(f"{META}.{n}", 1)]) for n in names])
+
+
+def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: list[str],
+                 options: ImportOptions) -> ChunkResult:
+    """Import a chunk of files, skipping those an earlier run finished.
+
+    Each file is marked ``started`` before any of its records is written and
+    ``done`` after the last one is acknowledged, so a file interrupted in
+    between is recognised on the next run and written again with replacing
+    upserts.  A file that fails is reported in the result, never raised.
+    """
+    chunk = ChunkResult()
+    imports = db[options.imports_collection]
+    keys = {lf.relpath: f"{options.collection}:{lf.relpath}" for lf in files}
+    try:
+        entries = {e["_id"]: e for e in imports.find({"_id": {"$in": list(keys.values())}})}
+        todo: list[tuple[LayoutFile, FileResult]] = []
+        marks = []
+        for lf in files:
+            result = FileResult(lf.relpath, lf.size)
+            chunk.files.append(result)
+            try:
+                stat = lf.path.stat()
+                digest = file_digest(lf.path)
+            except OSError as e:
+                result.error = f"{lf.relpath}: {e.strerror or e}"
+                continue
+            entry = entries.get(keys[lf.relpath])
+            if entry is not None and entry.get("state") == "done" and entry.get("size") == stat.st_size \
+                    and entry.get("sha256") == digest:
+                result.skipped = True
+                continue
+            result.resumed = entry is not None
+            todo.append((lf, result))
+            marks.append(ReplaceOne({"_id": keys[lf.relpath]}, {
+                "collection": options.collection, "path": lf.relpath, "size": stat.st_size,
+                "mtime": stat.st_mtime, "sha256": digest, "state": "started", "started_at": _now()},
+                upsert=True))
+        if marks:
+            imports.bulk_write(marks, ordered=False)
+        writer = _Writer(db, options, chunk)
+        for lf, result in todo:
+            _read_file(lf, names, options, result, writer)
+        writer.flush_all()
+        done = [UpdateOne({"_id": keys[r.relpath]}, {"$set": {
+                    "state": "done", "records": r.records, "bad_records": r.bad_records, "finished_at": _now()}})
+                for _, r in todo if r.error is None]
+        if done:
+            imports.bulk_write(done, ordered=False)
+    except (PyMongoError, ImporterError) as e:
+        message = f"{type(e).__name__}: {e}"
+        for r in chunk.files:
+            if not r.skipped and r.error is None:
+                r.error = f"{r.relpath}: {message}"
+        for lf in files[len(chunk.files):]:
+            chunk.files.append(FileResult(lf.relpath, lf.size, error=f"{lf.relpath}: {message}"))
+    return chunk
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_file(lf: LayoutFile, names: list[str], options: ImportOptions, result: FileResult,
+               writer: "_Writer") -> None:
+    kind = "resume" if result.resumed else ("replace" if options.on_duplicate == "replace" else "insert")
+    meta_base = dict(zip(names, lf.dimensions))
+    meta_base[SOURCE] = lf.relpath
+    stats = LayoutReadStats()
+    try:
+        for _, doc_id, json_text in read_layout_file(lf.path, stats):
+            try:
+                doc = make_document(doc_id, json_text, dict(meta_base), options.keep_dots)
+            except DocumentError as e:
+                result.bad_records += 1
+                writer.example(str(e))
+                continue
+            writer.add(kind, doc, len(json_text))
+    except LayoutError as e:
+        result.error = str(e)
+    result.records = stats.records
+    result.bad_records += stats.bad_lines
+    for example in stats.bad_examples:
+        writer.example(f"bad line {example}")
+
+
+class _Writer:
+    """Batches documents across files: plain inserts, replacing upserts, and upserts of a resumed file."""
+
+    def __init__(self, db, options: ImportOptions, chunk: ChunkResult):
+        self.collection = db.get_collection(options.collection,
+                                            write_concern=WriteConcern(w=options.write_concern))
+        self.acknowledged = self.collection.write_concern.acknowledged
+        self.batch_size = options.batch_size
+        self.chunk = chunk
+        self.buffers: dict[str, list[dict]] = {"insert": [], "replace": [], "resume": []}
+        self.sizes = dict.fromkeys(self.buffers, 0)
+
+    def add(self, kind: str, doc: dict, size: int) -> None:
+        self.buffers[kind].append(doc)
+        self.sizes[kind] += size
+        if len(self.buffers[kind]) >= self.batch_size or self.sizes[kind] >= MAX_BATCH_BYTES:
+            self.flush(kind)
+
+    def flush_all(self) -> None:
+        for kind in self.buffers:
+            self.flush(kind)
+
+    def flush(self, kind: str) -> None:
+        docs = self.buffers[kind]
+        if docs:
+            self.buffers[kind], self.sizes[kind] = [], 0
+            self._write(kind, docs)
+
+    def example(self, text: str) -> None:
+        if len(self.chunk.examples) < 5:
+            self.chunk.examples.append(text)
+
+    def _write(self, kind: str, docs: list[dict]) -> None:
+        chunk = self.chunk
+        try:
+            if kind == "insert":
+                self.collection.insert_many(docs, ordered=False)
+                chunk.inserted += len(docs)
+            else:
+                res = self.collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs],
+                                                 ordered=False)
+                if not self.acknowledged:
+                    chunk.inserted += len(docs)
+                else:
+                    chunk.inserted += res.upserted_count
+                    if kind == "replace":  # a resumed file's earlier half is not a duplicate
+                        chunk.duplicates += res.matched_count
+        except BulkWriteError as e:
+            details = e.details
+            errors = details.get("writeErrors", [])
+            dup = [w for w in errors if w.get("code") == DUPLICATE_KEY]
+            other = [w for w in errors if w.get("code") != DUPLICATE_KEY]
+            chunk.inserted += details.get("nInserted", 0) + details.get("nUpserted", 0)
+            if kind != "resume":
+                chunk.duplicates += len(dup)
+            chunk.rejected += len(other)
+            for w in other[:3]:
+                self.example(f"record {w.get('op', {}).get('_id', '?')}: {w.get('errmsg')}")
+            if details.get("writeConcernErrors"):
+                raise ImporterError(f"write concern not satisfied: {details['writeConcernErrors'][0]}") from None
+        except DocumentTooLarge:
+            if len(docs) == 1:
+                chunk.rejected += 1
+                self.example(f"record {docs[0]['_id']}: larger than MongoDB's 16 MB document limit")
+                return
+            half = len(docs) // 2
+            self._write(kind, docs[:half])
+            self._write(kind, docs[half:])
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_worker_db_client: pymongo.MongoClient | None = None
+
+
+def _init_worker(url: str, timeout_ms: int) -> None:
+    """Each worker process opens its own client once (clients do not survive a fork or pickling)."""
+    global _worker_db_client
+    _worker_db_client = connect(url, timeout_ms)
+
+
+def _import_in_worker(files: list[LayoutFile], names: list[str], options: ImportOptions) -> ChunkResult:
+    assert _worker_db_client is not None
+    return import_files(_worker_db_client[options.database], files, names, options)
