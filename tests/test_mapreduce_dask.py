@@ -1,0 +1,73 @@
+"""The Dask engine: same job scripts, same output as the local engine, failures named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from converter.layout import find_layout_files, read_layout_file
+from converter.synthetic import make_records, write_layout
+from mapreduce.errors import JobError
+from mapreduce.job import JobConfig, run_job
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "mapreduce" / "examples"
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """One LocalCluster for the module: two single-threaded worker processes on loopback."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory):
+    base = tmp_path_factory.mktemp("layout")
+    write_layout(base, make_records(300, seed=11, payload_kb=1), records_per_file=30)
+    return base
+
+
+def run(tmp_path, script, data, engine, scheduler=None, **kw):
+    out = tmp_path / f"{engine}-{script.stem}.txt"
+    result = run_job(JobConfig(job_script=script, data_dir=data, work_dir=tmp_path / f"work-{engine}",
+                               output=out, input_filter=EXAMPLES / "filter_all.json", engine=engine,
+                               scheduler=scheduler, **kw), log=lambda m: None)
+    return result, out.read_bytes()
+
+
+@pytest.mark.parametrize("example", ["os_distribution", "histogram_distribution", "dimensions"])
+def test_dask_output_is_the_local_output(tmp_path, scheduler, layout, example):
+    script = EXAMPLES / f"{example}.py"
+    local, local_out = run(tmp_path, script, layout, "local", num_mappers=3, num_reducers=2)
+    dask, dask_out = run(tmp_path, script, layout, "dask", scheduler, num_mappers=3, num_reducers=2)
+    assert sorted(dask_out.splitlines()) == sorted(local_out.splitlines())
+    assert dask.records == local.records == 300 and dask_out
+
+
+def test_dask_map_failure_names_file_and_line(tmp_path, scheduler, layout):
+    f = max(find_layout_files(layout), key=lambda f: f.size)
+    line_no, doc_id, _ = list(read_layout_file(f.path))[-1]
+    job = tmp_path / "job.py"
+    job.write_text(f"def map(k, d, v, cx):\n    if k == {doc_id!r}:\n        raise ValueError('boom')\n"
+                   f"    cx.write(k, 1)\n")
+    with pytest.raises(JobError) as err:
+        run(tmp_path, job, layout, "dask", scheduler, num_mappers=2)
+    assert f"{f.path} line {line_no}" in str(err.value) and "ValueError: boom" in str(err.value)
+
+
+def test_cli_runs_the_dask_engine_on_a_scheduler(tmp_path, scheduler, fixtures_dir):
+    from click.testing import CliRunner
+
+    from mapreduce.cli import mapreduce
+
+    out = tmp_path / "out.txt"
+    res = CliRunner().invoke(mapreduce, [str(EXAMPLES / "os_distribution.py"), "-f",
+                                         str(EXAMPLES / "filter_all.json"), "-d", str(fixtures_dir / "converted"),
+                                         "-w", str(tmp_path / "w"), "-o", str(out), "-l",
+                                         "--engine", "dask", "--scheduler", scheduler])
+    assert res.exit_code == 0, res.output
+    assert out.read_text() == "WINNT\t5\n"
