@@ -1,0 +1,274 @@
+"""process_incoming end to end: real raw logs, a real local histogram server, real files."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from converter.cli import process_command
+from converter.errorlog import error_files, read_notes
+from converter.errors import REASONS, ConfigError, ProcessError
+from converter.layout import find_layout_files, read_layout_file
+from converter.process import HEKA_NOTICE, ConverterConfig, process
+from converter.revisions import serve_histograms, write_revision
+from converter.variations import base_record, write_variations
+from receiver.rawlog import Record, encode_record, read_records
+
+REPO = "releases/mozilla-release"
+REV = "a55c55edf302"
+MISSING = "0123456789ab"
+TS = 1378822911255  # 2013-09-10 UTC
+
+
+@pytest.fixture
+def hist_dir(tmp_path, fixtures_dir):
+    d = tmp_path / "served"
+    write_revision(d, REPO, REV, (fixtures_dir / "histograms" / f"{REV}.Histograms.json").read_bytes())
+    write_revision(d, "test/broken", "bad0000bad00",
+                   orjson.dumps({"BROKEN": {"kind": "linear", "high": "NO_SUCH::SYMBOL", "n_buckets": 10}}))
+    return d
+
+
+@pytest.fixture
+def server(hist_dir):
+    srv = serve_histograms(hist_dir)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def config(tmp_path, fixtures_dir, server):
+    return ConverterConfig(storage_path=str(tmp_path / "out"),
+                           telemetry_schema=str(fixtures_dir / "telemetry_schema.json"),
+                           histogram_cache=str(tmp_path / "cache"), histogram_server=server.url,
+                           errors_path=str(tmp_path / "errors"), max_uncompressed=200_000)
+
+
+@pytest.fixture(scope="module")
+def fixture_raw(fixtures_dir):
+    return fixtures_dir / "raw" / "telemetry1.v1.log"
+
+
+def _records(root):
+    return [(f.relpath.rsplit(".", 2)[0], doc_id, text) for f in find_layout_files(root, include_plain=False)
+            for _, doc_id, text in read_layout_file(f.path)]
+
+
+def test_fixture_ping(config, fixture_raw, server, tmp_path):
+    summary = process(config, [fixture_raw])
+    assert (summary.records_in, summary.records_out, summary.records_rejected) == (1, 1, 0)
+    assert summary.unknown_histograms == {"HTTP_OFFLINE_CACHE_DOCUMENT_LOAD": 1, "MIXED_CONTENT_PAGE_LOAD": 1}
+    [(rel, doc_id, text)] = _records(config.output)
+    assert rel == "idle_daily/Firefox/release/23.0.1/20130814063812.20130910.v2.log"
+    assert doc_id == "17caa68c-25f5-450a-9cce-7d31318846d8"
+    assert len(orjson.loads(text)["histograms"]) == 326
+    assert len(summary.published) == 1 and summary.published[0].endswith(".zst")
+    # fetched once over HTTP, then found in the disk cache without a server
+    assert sum("a55c55edf302" in r for r in server.requests) == 1
+    assert (tmp_path / "cache" / REPO / REV / "Histograms.json").is_file()
+    server.stop()
+    again = ConverterConfig(**{**config.to_dict(), "storage_path": str(tmp_path / "out2"),
+                               "histogram_server": None})
+    assert process(again, [fixture_raw]).records_out == 1
+
+
+def test_rerun_skips_done_files(config, fixture_raw, tmp_path):
+    copy = tmp_path / "renamed-anything"
+    shutil.copy(fixture_raw, copy)
+    first = process(config, [fixture_raw])
+    second = process(config, [fixture_raw, copy])  # same content under another name: same unit
+    assert second.files_skipped == 2 and second.records_out == 0
+    assert len(_records(config.output)) == 1 == first.records_out
+
+
+def _ping(reason="idle-daily", rev=REV, repo=REPO, histograms=None):
+    return {"ver": 1, "info": {"reason": reason, "appName": "Firefox", "appVersion": "23.0.1",
+                               "appUpdateChannel": "release", "appBuildID": "20130814063812",
+                               "revision": f"http://hg.mozilla.org/{repo}/rev/{rev}"},
+            "histograms": histograms or {"A11Y_IATABLE_USAGE_FLAG": {"values": {"0": 1, "1": 0}, "sum": 0}}}
+
+
+def _path(doc_id, reason="idle-daily"):
+    return f"{doc_id}/{reason}/Firefox/23.0.1/release/20130814063812"
+
+
+def _gz(doc):
+    return gzip.compress(orjson.dumps(doc) if not isinstance(doc, bytes) else doc)
+
+
+CRAFTED = {
+    "bad_payload": (_path("e-bad"), _gz(b"{not json")),
+    "conversion_error": (_path("e-conv"), _gz(_ping(histograms={"GC_MS": [1, 2]}))),
+    "corrupted_data": (_path("e-corrupt"), b"\x1f\x8b\x08\x00\x00garbage"),
+    "empty_data": (_path("e-empty"), b""),
+    "invalid_path": ("e-path/idle-daily/Firefox", _gz(_ping())),
+    "missing_revision": (_path("e-norev"), _gz(_ping(rev=MISSING))),
+    "missing_revision_repo": (_path("e-norepo"), _gz(dict(_ping(), info=dict(_ping()["info"],
+                                                                             revision="bogus")))),
+    "uuid_only_path": ("e-uuid", _gz(_ping())),
+    "too_large": (_path("e-large"), _gz(b'{"x": "' + b" " * 250_000 + b'"}')),
+    "unknown_histogram": (_path("e-unkhist"), _gz(_ping(rev="bad0000bad00", repo="test/broken",
+                                                        histograms={"BROKEN": {"values": {"0": 1}}}))),
+    "invalid_bucket": (_path("e-bucket"), _gz(_ping(histograms={"GC_MS": {"values": {"-5": 1}}}))),
+    "write_failed": (_path("e-write", "saved-session"), _gz(_ping("saved-session"))),
+}
+
+
+def test_every_reason_lands_in_the_error_output_and_retry_converts_them(config, tmp_path, hist_dir):
+    assert set(CRAFTED) == set(REASONS)
+    raw = tmp_path / "crafted.log"
+    with open(raw, "wb") as f:
+        f.write(encode_record(_path("good"), _gz(_ping()), TS, "10.0.0.1"))
+        for i, (path, data) in enumerate(CRAFTED.values()):
+            f.write(encode_record(path, data, TS + i, f"10.0.0.{i + 2}"))
+    out = Path(config.output)
+    out.mkdir()
+    (out / "saved_session").write_text("a file where a directory must go")
+
+    summary = process(config, [raw])
+    assert summary.rejected == {reason: 1 for reason in REASONS}
+    assert summary.records_out == 1
+    errors = Path(config.errors)
+    for i, (reason, (path, data)) in enumerate(CRAFTED.items()):
+        [err_file] = [p for p in error_files(errors) if p.parent.name == reason]
+        [rec] = list(read_records(err_file))
+        assert (rec.path, rec.data, rec.timestamp, rec.ip) == (path, data, TS + i, f"10.0.0.{i + 2}")
+        [note] = read_notes(err_file)
+        assert note["reason"] == reason and note["message"] and note["source"] == str(raw)
+        assert note["path"] == path
+
+    # fix two causes: publish the missing revision, remove what blocked the directory
+    write_revision(hist_dir, REPO, MISSING, (hist_dir / REPO / REV / "Histograms.json").read_bytes())
+    (out / "saved_session").unlink()
+    retry_config = ConverterConfig(**{**config.to_dict(), "errors_path": str(tmp_path / "errors2")})
+    retried = process(retry_config, [], retry_errors=errors)
+    assert retried.records_in == len(REASONS)
+    assert retried.records_out == 2
+    assert retried.rejected == {r: 1 for r in REASONS if r not in ("missing_revision", "write_failed")}
+    ids = Counter(doc_id for _, doc_id, _ in _records(out))
+    assert ids == Counter({"good": 1, "e-norev": 1, "e-write": 1})
+    assert error_files(errors) == []  # every retried file renamed *.retried
+    assert len(list(errors.rglob("*.retried"))) == len(REASONS)
+    # retrying again finds nothing to do
+    with pytest.raises(ProcessError):
+        process(retry_config, [], retry_errors=errors)
+
+
+def test_dedup_keeps_saved_session_over_idle_daily(config, tmp_path):
+    body = _gz(_ping())
+    saved = _gz(_ping("saved-session"))
+    raws = [tmp_path / "a.log", tmp_path / "b.log"]
+    with open(raws[0], "wb") as f:
+        for path, data in [(_path("A"), body), (_path("B"), body), (_path("B"), body), (_path("C"), body)]:
+            f.write(encode_record(path, data, TS))
+    with open(raws[1], "wb") as f:
+        for path, data in [(_path("A", "saved-session"), saved), (_path("C"), body)]:
+            f.write(encode_record(path, data, TS))
+    config.dedup = True
+    summary = process(config, raws)
+    assert summary.duplicates == 3 and summary.records_out == 3
+    found = {doc_id: rel.split("/")[0] for rel, doc_id, _ in _records(config.output)}
+    assert found == {"A": "saved_session", "B": "idle_daily", "C": "idle_daily"}
+
+
+@pytest.fixture(scope="module")
+def variation_files(tmp_path_factory, fixture_raw):
+    d = tmp_path_factory.mktemp("raw")
+    base = base_record(fixture_raw)
+    return [write_variations(d / f"telemetry.v1.host.{i}.finished", base, 30, seed=i) for i in range(6)]
+
+
+def test_two_workers_publish_what_one_does(config, variation_files, tmp_path):
+    one = process(config, [variation_files[0].parent])  # a directory: its .finished files
+    two_cfg = ConverterConfig(**{**config.to_dict(), "storage_path": str(tmp_path / "out2"), "workers": 2})
+    two = process(two_cfg, variation_files)
+    assert one.records_out == two.records_out == 180
+    names = lambda s, root: sorted(str(Path(p).relative_to(root)) for p in s.published)  # noqa: E731
+    assert names(one, config.output) == names(two, two_cfg.output)
+    assert sorted(_records(config.output)) == sorted(_records(two_cfg.output))
+    assert len({rel for rel, _, _ in _records(config.output)}) > 10
+
+
+def test_crash_and_rerun_publishes_no_duplicates(config, variation_files, tmp_path, fixtures_dir):
+    telemetry = Path(sys.executable).parent / "telemetry"
+    args = [str(telemetry), "process", *map(str, variation_files), "--output", str(tmp_path / "crash"),
+            "--schema", config.telemetry_schema, "--histogram-cache", config.histogram_cache,
+            "--histogram-server", config.histogram_server, "--max-file-size", "20000", "--no-progress"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = tmp_path / "crash" / ".state" / "done"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (done.is_dir() and any(done.glob("*.json"))):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
+    assert len(list(done.glob("*.json"))) < len(variation_files)  # killed mid-way
+    rerun = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    clean = process(config, variation_files)
+    crashed_ids = Counter(doc_id for _, doc_id, _ in _records(tmp_path / "crash"))
+    clean_ids = Counter(doc_id for _, doc_id, _ in _records(config.output))
+    assert crashed_ids == clean_ids and sum(clean_ids.values()) == clean.records_out == 180
+    assert not any((tmp_path / "crash" / ".work").iterdir())
+
+
+def test_config_accepts_the_original_keys():
+    config = ConverterConfig.from_dict({
+        "histogram_server": "localhost:9898", "telemetry_schema": "schema.json",
+        "storage_path": "/tmp/out", "upload_path": "/tmp/upload", "max_uncompressed": 1048576,
+        "memory_constraint": 1000, "compression_preset": 0, "heka_server": "localhost:5565"})
+    assert config.notices == [HEKA_NOTICE]
+    assert config.output == Path("/tmp/upload")
+
+
+@pytest.mark.parametrize("data, words", [
+    ({"storage_path": "o", "telemetry_schema": "s", "bogus_key": 1}, "bogus_key"),
+    ({"storage_path": "o", "telemetry_schema": "s", "workers": 0}, "workers"),
+    ({"storage_path": "o", "telemetry_schema": "s", "codec": "bz2"}, "codec"),
+    ({"storage_path": "o", "telemetry_schema": "s", "memory_constraint": "lots"}, "memory_constraint"),
+    ({"telemetry_schema": "s"}, "output"),
+    ([1], "object"),
+])
+def test_bad_config(data, words):
+    with pytest.raises(ConfigError, match=words):
+        ConverterConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("extra, code, message", [
+    (["--schema", "missing.json"], 2, "schema file missing.json does not exist"),
+    (["--config", "CONFIG"], 2, "unknown configuration key 'nope'"),
+    (["--workers", "0"], 2, "workers must be a positive integer"),
+    (["--retry-errors", "no-such-dir"], 1, "error directory no-such-dir does not exist"),
+])
+def test_cli_bad_inputs(tmp_path, fixtures_dir, fixture_raw, extra, code, message, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "CONFIG").write_bytes(orjson.dumps({"nope": 1}))
+    args = [str(fixture_raw), "--output", str(tmp_path / "o"),
+            "--schema", str(fixtures_dir / "telemetry_schema.json"), *extra]
+    result = CliRunner().invoke(process_command, args)
+    assert result.exit_code == code
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_cli_missing_input_and_summary(tmp_path, fixtures_dir, config, fixture_raw):
+    base = ["--output", str(tmp_path / "o"), "--schema", str(fixtures_dir / "telemetry_schema.json"),
+            "--histogram-server", config.histogram_server, "--histogram-cache", config.histogram_cache]
+    missing = CliRunner().invoke(process_command, [str(tmp_path / "nope.log"), *base])
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+    assert CliRunner().invoke(process_command, base).exit_code == 2
+    ok = CliRunner().invoke(process_command, [str(fixture_raw), *base, "--codec", "lzma"])
+    assert ok.exit_code == 0, ok.output
+    assert "records: 1 read, 1 written, 0 rejected" in ok.output
+    assert "MIXED_CONTENT_PAGE_LOAD: 1" in ok.output
+    assert [f.path.suffix for f in find_layout_files(tmp_path / "o")] == [".lzma"]
