@@ -1,0 +1,255 @@
+"""The HTTP side of the receiver: routing, limits, status codes (SPEC section 1).
+
+The app is a Tornado ``HTTPServerConnectionDelegate`` rather than a
+``web.Application``: a submission needs no templates, cookies or XSRF, and
+skipping that machinery is most of what makes the receiver fast.  It is built
+by :func:`make_app` with its writer, metrics and stats log passed in, and
+served by a plain ``tornado.httpserver.HTTPServer`` (by the worker, or by a
+test on a loopback socket).
+
+Rejections that would otherwise make us read a large or unbounded body (413,
+and 411 for a POST without Content-Length) are answered as soon as the
+headers arrive and the connection is closed; other errors are answered after
+the (small) body has been read, so keep-alive connections survive them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from tornado import httputil
+from tornado.httputil import HTTPHeaders, ResponseStartLine
+
+from receiver.config import ReceiverConfig
+from receiver.errors import StorageError
+from receiver.logwriter import LogWriter
+from receiver.metrics import Metrics
+from receiver.rawlog import encode_record
+from receiver.statslog import StatsLog
+
+log = logging.getLogger(__name__)
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Missing Content-Length",
+    413: "Request Too Large",
+    414: "Request-URI Too Long",
+    500: "Internal Server Error",
+    507: "Insufficient Storage",
+}
+
+
+class ReceiverApp(httputil.HTTPServerConnectionDelegate):
+    """Accepts submissions and hands their records to a :class:`LogWriter`."""
+
+    def __init__(self, config: ReceiverConfig, writer: LogWriter, metrics: Metrics,
+                 stats_log: StatsLog | None = None):
+        self.config = config
+        self.writer = writer
+        self.metrics = metrics
+        self.stats_log = stats_log
+        self.prefix = config.url_prefix
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+
+    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+        return _Exchange(self, request_conn)
+
+    def classify(self, method: str, target: str, length: int | None) -> tuple[int, bool, object]:
+        """Decide a request from its head: ``(code, answer_now, detail)``.
+
+        ``code`` 0 is a submission to store (``detail`` the raw path bytes);
+        any other code is the answer (``detail`` names the GET endpoint).
+        ``answer_now`` means: answer before the body and close the connection,
+        because the body is unbounded (no Content-Length) or over the limit.
+        """
+        path = target.split("?", 1)[0]
+        too_big = length is not None and length > self.config.max_data_length
+        if method == "POST":
+            prefix = self.prefix
+            if not path.startswith(prefix) or len(path) == len(prefix):
+                code = 404
+            elif len(path) - len(prefix) > self.config.max_path_length:
+                code = 414
+            elif not length:  # absent, or 0 as the original server treated it
+                return 411, True, None
+            elif too_big:
+                return 413, True, None
+            else:
+                raw = path[len(prefix):].encode("latin-1")  # the request line as received
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    return 400, False, None
+                return 0, False, raw
+            return code, too_big or length is None, None
+        if method == "GET":
+            if path == "/status":
+                return 200, too_big, "status"
+            if path == "/metrics" and self.config.metrics:
+                return 200, too_big, "metrics"
+            return 404, too_big, None
+        return 405, too_big, None
+
+    def get_body(self, detail: object) -> tuple[bytes, str]:
+        """Body and content type of a successful GET."""
+        if detail == "metrics":
+            return self.metrics.render().encode(), "text/plain; version=0.0.4; charset=utf-8"
+        return b"OK", "text/plain; charset=utf-8"
+
+    def store(self, raw_path: bytes, body: bytes, ip: str | None) -> asyncio.Future:
+        """Queue a submission's record; the future resolves when it is durable."""
+        return self.writer.submit(encode_record(raw_path, body, int(time.time() * 1000), ip))
+
+    def client_ip(self, forwarded: str | None, peer: str | None) -> str | None:
+        """The IP to store (v2 logs only): X-Forwarded-For as sent, else the peer address."""
+        if not self.config.include_request_ip:
+            return None
+        if forwarded and forwarded.strip():
+            return forwarded.strip()
+        return peer or ""
+
+    @staticmethod
+    def storage_failure(exc: BaseException) -> int:
+        if isinstance(exc, StorageError):
+            log.error("%s", exc)
+            return 507 if exc.disk_full else 500
+        log.error("unexpected error storing a submission: %r", exc)
+        return 500
+
+    def account(self, uri: str, t0: float, code: int, size: int, message: str) -> None:
+        """Count one finished request (metrics, stats log, in-flight)."""
+        if code:
+            self.metrics.request(code)
+        if self.stats_log is not None:
+            self.stats_log.log(uri, (time.perf_counter() - t0) * 1000.0, code, size, message)
+        self._done()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight (used at shutdown); False on timeout."""
+        if self.in_flight == 0:
+            return True
+        self._idle = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def _done(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+
+def make_app(config: ReceiverConfig, writer: LogWriter, metrics: Metrics | None = None,
+             stats_log: StatsLog | None = None) -> ReceiverApp:
+    """The receiver application; serve it with ``tornado.httpserver.HTTPServer(app, ...)``."""
+    return ReceiverApp(config, writer, metrics or writer.metrics, stats_log)
+
+
+def server_options(config: ReceiverConfig) -> dict:
+    """Keyword arguments for ``HTTPServer`` that match the app's limits."""
+    return dict(
+        decompress_request=False,  # bodies are stored as received
+        idle_connection_timeout=config.idle_connection_timeout,
+        body_timeout=config.idle_connection_timeout,
+        # The app answers 413 itself before reading; this only stops Tornado
+        # from answering an over-long body with its own 400 first.
+        max_body_size=1 << 40,
+        max_header_size=max(65536, config.max_path_length + len(config.url_prefix) + 16384),
+    )
+
+
+class _Exchange(httputil.HTTPMessageDelegate):
+    """One request/response on a Tornado connection."""
+
+    __slots__ = ("app", "conn", "t0", "uri", "code", "detail", "chunks", "size", "ip",
+                 "answered", "closed", "submitted")
+
+    def __init__(self, app: ReceiverApp, conn: httputil.HTTPConnection):
+        self.app = app
+        self.conn = conn
+        self.answered = True  # until headers arrive there is nothing to answer
+        self.closed = False
+        self.submitted = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def headers_received(self, start_line, headers: HTTPHeaders) -> None:
+        app = self.app
+        app.in_flight += 1
+        self.answered = False
+        self.t0 = time.perf_counter()
+        self.uri = start_line.path
+        cl = headers.get("Content-Length")
+        length = None
+        if cl is not None:
+            try:
+                length = int(cl)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                return self.respond(400, "Invalid Content-Length", close=True)
+        self.code, early, self.detail = app.classify(start_line.method, self.uri, length)
+        if early:
+            return self.respond(self.code, close=True)
+        if self.code == 0:
+            self.ip = app.client_ip(headers.get("X-Forwarded-For"), getattr(self.conn.context, "remote_ip", None))
+        return None
+
+    def data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.code == 0:
+            self.chunks.append(chunk)
+
+    def finish(self) -> None:
+        if self.answered:
+            return
+        if self.code == 0:
+            data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+            self.chunks = []
+            self.submitted = True
+            self.app.store(self.detail, data, self.ip).add_done_callback(self._stored)
+        elif self.code == 200:
+            body, ctype = self.app.get_body(self.detail)
+            self.respond(200, body=body, content_type=ctype)
+        else:
+            self.respond(self.code)
+
+    def _stored(self, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        self.respond(200 if exc is None else self.app.storage_failure(exc))
+
+    def on_connection_close(self) -> None:
+        self.closed = True
+        if not self.answered and not self.submitted:
+            # The request never completed: nothing was stored and nobody is waiting.
+            self.answered = True
+            self.app.account(self.uri, self.t0, 0, self.size, "Connection closed by client")
+
+    def respond(self, code: int, message: str | None = None, *, body: bytes | None = None,
+                content_type: str = "text/plain; charset=utf-8", close: bool = False) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        message = message or REASONS[code]
+        if body is None:
+            body = message.encode()
+        if not self.closed:
+            headers = HTTPHeaders({"Content-Type": content_type, "Content-Length": str(len(body))})
+            if close:
+                headers["Connection"] = "close"
+            if code == 405:
+                headers["Allow"] = "GET, POST"
+            try:
+                self.conn.write_headers(ResponseStartLine("HTTP/1.1", code, message), headers, body)
+                self.conn.finish()
+            except Exception:  # the client went away while we were answering
+                pass
+        self.app.account(self.uri, self.t0, code, self.size, message)
