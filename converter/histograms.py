@@ -18,7 +18,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterator, Mapping
 
 import orjson
 
@@ -31,7 +31,7 @@ KNOWN_SYMBOLS: Mapping[str, int] = {
     "mozilla::StartupTimeline::MAX_EVENT_ID": 12,
 }
 
-MAX_BUCKETS = 100_000          # far above any real definition; keeps a crafted file from eating memory
+MAX_BUCKETS = 100_000   # far above any real definition; a crafted file cannot eat memory
 MAX_EXPRESSION_LENGTH = 256
 MAX_EXPRESSION_DEPTH = 32
 MAX_VALUE = 2**63 - 1           # C++ int64; bounds every intermediate result
@@ -153,10 +153,12 @@ def evaluate(expr: str | int, histogram: str, symbols: Mapping[str, int] | None 
             raise HistogramError(f"histogram {histogram}: value {expr} out of range")
         return expr
     if not isinstance(expr, str):
-        raise HistogramError(f"histogram {histogram}: expected an integer or expression, got {expr!r}")
+        raise HistogramError(f"histogram {histogram}: expected an integer or expression, "
+                             f"got {expr!r}")
     text = expr.strip()
     if len(text) > MAX_EXPRESSION_LENGTH:
-        raise HistogramError(f"histogram {histogram}: expression longer than {MAX_EXPRESSION_LENGTH} characters")
+        raise HistogramError(f"histogram {histogram}: expression longer than "
+                             f"{MAX_EXPRESSION_LENGTH} characters")
     if text.isdecimal() and text.isascii() and len(text) < 19:
         return int(text)
     table = KNOWN_SYMBOLS if symbols is None else {**KNOWN_SYMBOLS, **symbols}
@@ -356,7 +358,8 @@ class Histograms:
         return cls(specs, symbols)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, symbols: Mapping[str, int] | None = None) -> "Histograms":
+    def load(cls, path: str | os.PathLike,
+             symbols: Mapping[str, int] | None = None) -> "Histograms":
         with open(path, "rb") as f:
             return cls.from_bytes(f.read(), symbols)
 
@@ -403,7 +406,7 @@ class Histograms:
     def __len__(self) -> int:
         return len(self._specs)
 
-    def __iter__(self) -> Iterable[str]:
+    def __iter__(self) -> Iterator[str]:
         return iter(self._specs)
 
     @property

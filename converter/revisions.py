@@ -69,7 +69,10 @@ def _check_repo(repo: str) -> str:
 
 
 def parse_revision_url(url: str) -> tuple[str, str]:
-    """``(repo, rev)`` from an hg revision URL, e.g. ``("releases/mozilla-release", "a55c55edf302")``.
+    """``(repo, rev)`` from an hg revision URL.
+
+    E.g. ``("releases/mozilla-release", "a55c55edf302")`` from
+    ``https://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf302``.
 
     The host is ignored (we never fetch from it).  The repository must be
     plain path components, never ``..``, so it can name a cache directory.
@@ -116,7 +119,10 @@ def write_revision(directory: str | os.PathLike, repo: str, rev: str, data: byte
 
 
 def server_base_url(server: str | None) -> str | None:
-    """The histogram server's base URL from config: ``host:port`` or a full URL (the original's key)."""
+    """The histogram server's base URL from config: ``host:port`` or a full URL.
+
+    The original converter's ``histogram_server`` key held ``host:port``.
+    """
     if not server:
         return None
     server = server.strip().rstrip("/")
@@ -237,12 +243,13 @@ class RevisionCache:
         try:
             histograms = Histograms.from_bytes(data)
         except HistogramError as e:
-            raise RevisionError(MISSING_REVISION, f"revision {repo}/{rev} from {self.server}: {e}") from None
+            raise RevisionError(MISSING_REVISION,
+                                f"revision {repo}/{rev} from {self.server}: {e}") from None
         self.stats["http"] += 1
         if self.cache_dir is not None:
             try:
                 write_revision(self.cache_dir, repo, rev, data)
-            except OSError as e:  # the cache is an optimisation: a full disk must not fail the record
+            except OSError as e:  # the cache is an optimisation: a full disk must not fail records
                 log.warning("cannot cache revision %s/%s: %s", repo, rev, e)
         return histograms
 
@@ -266,7 +273,8 @@ class RevisionCache:
             except requests.RequestException as e:
                 problem = f"{type(e).__name__}: {e}"
             log.info("fetching %s failed (attempt %d): %s", url, attempt + 1, problem)
-        raise RevisionError(MISSING_REVISION, f"revision {repo}/{rev} not available from {url}: {problem}")
+        raise RevisionError(MISSING_REVISION,
+                            f"revision {repo}/{rev} not available from {url}: {problem}")
 
 
 def _read_limited(response: requests.Response, url: str) -> bytes:
@@ -304,16 +312,19 @@ class _Handler(BaseHTTPRequestHandler):
         suffix = f"/{RAW_FILE_SUFFIX}"
         head, sep, rest = path.partition("/raw-file/")
         if not sep or not rest.endswith(suffix) or not head.startswith("/"):
-            self._answer(HTTPStatus.NOT_FOUND, b"not a Histograms.json raw-file URL\n", send_body=send_body)
+            self._answer(HTTPStatus.NOT_FOUND, b"not a Histograms.json raw-file URL\n",
+                         send_body=send_body)
             return
         repo, rev = head[1:], rest[: -len(suffix)]
         try:
             file = revision_path(self.server.directory, repo, rev)
         except RevisionError:
-            self._answer(HTTPStatus.BAD_REQUEST, b"bad repository or revision\n", send_body=send_body)
+            self._answer(HTTPStatus.BAD_REQUEST, b"bad repository or revision\n",
+                         send_body=send_body)
             return
         if not file.resolve().is_relative_to(self.server.directory):
-            self._answer(HTTPStatus.BAD_REQUEST, b"outside the served directory\n", send_body=send_body)
+            self._answer(HTTPStatus.BAD_REQUEST, b"outside the served directory\n",
+                         send_body=send_body)
             return
         try:
             data = file.read_bytes()
@@ -353,7 +364,7 @@ class HistogramServer:
         self._httpd.owner = self
         self.host, self.port = self._httpd.server_address[:2]
         self.url = f"http://{self.host}:{self.port}"
-        self.requests: list[str] = []   # every path asked for, in order: tests count fetches with it
+        self.requests: list[str] = []   # every path asked for, in order (tests count fetches)
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.05,),
@@ -388,8 +399,11 @@ class HistogramServer:
         self.stop()
 
 
-def serve_histograms(directory: str | os.PathLike, host: str = "127.0.0.1", port: int = 0) -> HistogramServer:
-    """Serve ``{directory}/{repo}/{rev}/Histograms.json`` at hg's raw-file URLs, in a background thread.
+def serve_histograms(directory: str | os.PathLike, host: str = "127.0.0.1",
+                     port: int = 0) -> HistogramServer:
+    """Serve ``{directory}/{repo}/{rev}/Histograms.json`` at hg's raw-file URLs.
+
+    The server runs in a background thread until ``stop()``.
 
     ``GET /{repo}/raw-file/{rev}/toolkit/components/telemetry/Histograms.json``
     answers the file (404 when absent, 400 for a repository or revision that

@@ -75,7 +75,8 @@ def test_cpp_constants_and_expressions(tables, rev):
 def test_names_len_and_unknown(tables):
     definitions, _ = tables["a55c55edf302"]
     assert len(definitions) == len(definitions.names) == 524
-    for name in ("HTTP_OFFLINE_CACHE_DOCUMENT_LOAD", "MIXED_CONTENT_PAGE_LOAD", "STARTUP_NOPE", "STARTUP_"):
+    for name in ("HTTP_OFFLINE_CACHE_DOCUMENT_LOAD", "MIXED_CONTENT_PAGE_LOAD",
+                 "STARTUP_NOPE", "STARTUP_"):
         assert definitions.get(name) is None
         assert name not in definitions
     assert 42 not in definitions
@@ -99,7 +100,7 @@ def test_bucket_index(tables):
     ({"kind": "count"}, [0, 1, 2]),
     ({"kind": "enumerated", "n_values": 3}, [0, 1, 2, 3]),
     ({"kind": "enumerated", "n_values": "2 + 1"}, [0, 1, 2, 3]),
-    ({"kind": "linear", "high": 10, "n_buckets": 6}, [0, 1, 3, 6, 8, 10]),  # 3.25, 5.5 (half up), 7.75
+    ({"kind": "linear", "high": 10, "n_buckets": 6}, [0, 1, 3, 6, 8, 10]),  # 3.25, 5.5 up, 7.75
     ({"kind": "linear", "low": 5, "high": 145, "n_buckets": 4}, [0, 5, 75, 145]),
     ({"kind": "exponential", "high": 100, "n_buckets": 5}, [0, 1, 5, 22, 100]),
     ({"kind": "exponential", "low": "32 * 1024", "high": "16 * 1024 * 1024", "n_buckets": 3},
@@ -128,7 +129,8 @@ def test_categorical(labels, n_values, n):
     assert d.keyed is True
 
 
-@pytest.mark.parametrize("keyed, expected", [(True, True), (False, False), ("true", True), ("false", False)])
+@pytest.mark.parametrize("keyed, expected",
+                         [(True, True), (False, False), ("true", True), ("false", False)])
 def test_keyed(keyed, expected):
     assert build_definition("K", {"kind": "flag", "keyed": keyed}).keyed is expected
 
@@ -257,7 +259,8 @@ def test_evaluate(expr, value):
 @pytest.mark.parametrize("expr", [
     "", "   ", "1 +", "(1 + 2", "1 + 2)", "2 ** 3", "1 / 0", "1 % 0", "1 << 64", "1 << -1", "3 4",
     "a.b", "os.system('x')", "__import__('os')", "f(1)", "[1]", "{}", "1 if 1 else 0", "lambda: 1",
-    "1.5", "'1'", "1; 2", "x = 1", "True", None, True, [1], {"a": 1}, 1.5, "9" * 300, 10**30, 1e30, float("inf"),
+    "1.5", "'1'", "1; 2", "x = 1", "True", None, True, [1], {"a": 1}, 1.5, "9" * 300,
+    10**30, 1e30, float("inf"),
     "99999999999 * 99999999999", "(" * 40 + "1" + ")" * 40, "-" * 40 + "1",
 ])
 def test_evaluate_rejects(expr):
@@ -266,12 +269,13 @@ def test_evaluate_rejects(expr):
 
 
 def test_unknown_symbol_is_named():
-    with pytest.raises(UnknownSymbol, match="histogram H: unknown symbol 'JS::gcreason::NUM_REASONS'"):
+    with pytest.raises(UnknownSymbol, match="histogram H: unknown symbol 'JS::gcreason::NUM_"):
         evaluate("JS::gcreason::NUM_REASONS + 1", "H")
     assert evaluate("JS::gcreason::NUM_REASONS + 1", "H", {"JS::gcreason::NUM_REASONS": 3}) == 4
 
 
-_IDENT = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}(::[A-Za-z_][A-Za-z0-9_]{0,10}){0,2}", fullmatch=True)
+_IDENT = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}(::[A-Za-z_][A-Za-z0-9_]{0,10}){0,2}",
+                       fullmatch=True)
 
 
 @settings(max_examples=200, deadline=None)

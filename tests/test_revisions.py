@@ -66,7 +66,8 @@ def fetches(server) -> int:
 @pytest.mark.parametrize("url, expected", [
     (URL, (REPO, REV)),
     (f"http://hg.mozilla.org/{REPO}/rev/{REV}", (REPO, REV)),
-    ("https://hg.mozilla.org/mozilla-central/rev/8D3810543EDC/", ("mozilla-central", "8d3810543edc")),
+    ("https://hg.mozilla.org/mozilla-central/rev/8D3810543EDC/",
+     ("mozilla-central", "8d3810543edc")),
     ("https://hg.mozilla.org/releases/mozilla-b2g18_v1_1_0_hd/rev/" + "a" * 40,
      ("releases/mozilla-b2g18_v1_1_0_hd", "a" * 40)),
 ])
