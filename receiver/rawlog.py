@@ -216,10 +216,19 @@ def _decode(buf, pos: int, version: int, size: int, strict: bool):
         return None
     start = pos + hsize
     try:
-        ip = bytes(buf[start : start + ip_len]).decode("ascii") if version == 2 else None
         path = bytes(buf[start + ip_len : start + ip_len + path_len]).decode("utf-8")
     except UnicodeDecodeError:
         return None
+    ip = None
+    if version == 2:
+        ip_b = bytes(buf[start : start + ip_len])
+        try:
+            ip = ip_b.decode("ascii")
+        except UnicodeDecodeError:
+            # X-Forwarded-For is stored as sent; a client may put anything in it.
+            if strict:
+                return None
+            ip = ip_b.decode("utf-8", "replace")
     if strict and not (_PLAUSIBLE_TS[0] <= ts <= _PLAUSIBLE_TS[1]):
         return None
     data = bytes(buf[start + ip_len + path_len : end])
