@@ -130,7 +130,7 @@ def test_rejected_with_reason(converter, doc, path, reason):
     (gzip.compress(b"   "), "empty_data"),
     (b"\x1f\x8b\x08\x00garbage", "corrupted_data"),
     (gzip.compress(b'{"a": "' + b" " * 300_000 + b'"}'), "too_large"),
-])
+], ids=["empty", "blank", "corrupt", "large"])
 def test_body_problems(converter, data, reason):
     with pytest.raises(RecordError) as e:
         converter.convert_record(Record(PATH, data, 1378822911255))
