@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 HISTOGRAMS_FILE = "Histograms.json"
 RAW_FILE_SUFFIX = "toolkit/components/telemetry/Histograms.json"
 MAX_DOWNLOAD = 64 * 1024 * 1024
+MAX_FAILURES = 10_000       # remembered failed revisions per cache
 
 _REVISION_URL = re.compile(r"^https?://[^/?#]+/(?P<repo>[^?#]+?)/rev/(?P<rev>[0-9a-fA-F]{6,40})/?$")
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -162,12 +163,13 @@ class RevisionCache:
         self._lock = threading.Lock()
         self._memory: OrderedDict[tuple[str, str], Histograms] = OrderedDict()
         self._failures: dict[tuple[str, str], tuple[float, RevisionError]] = {}
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._session: requests.Session | None = None
         self.stats = {"memory": 0, "disk": 0, "http": 0, "failed": 0, "remembered_failure": 0}
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        for key in ("_lock", "_memory", "_failures", "_session", "stats"):
+        for key in ("_lock", "_memory", "_failures", "_loading", "_session", "stats"):
             state.pop(key)
         return state
 
@@ -186,7 +188,30 @@ class RevisionCache:
         return self.get_revision(repo, rev)
 
     def get_revision(self, repo: str, rev: str) -> Histograms:
+        """Like :meth:`get`, by repository and revision.
+
+        Threads asking for the same revision at once wait for one load
+        instead of each fetching it.
+        """
         key = (repo, rev)
+        found = self._known(key)
+        if found is not None:
+            return found
+        with self._lock:
+            loading = self._loading.setdefault(key, threading.Lock())
+        try:
+            with loading:
+                found = self._known(key)    # loaded (or failed) while we waited
+                if found is not None:
+                    return found
+                return self._load_and_remember(key)
+        finally:
+            with self._lock:
+                if self._loading.get(key) is loading:
+                    del self._loading[key]
+
+    def _known(self, key: tuple[str, str]) -> Histograms | None:
+        """A revision in memory, a remembered failure raised again, or None."""
         with self._lock:
             found = self._memory.get(key)
             if found is not None:
@@ -199,13 +224,16 @@ class RevisionCache:
                     self.stats["remembered_failure"] += 1
                     raise RevisionError(failure[1].reason, f"{failure[1]} (remembered)")
                 del self._failures[key]
+        return None
+
+    def _load_and_remember(self, key: tuple[str, str]) -> Histograms:
         try:
-            histograms = self._load(repo, rev)
+            histograms = self._load(*key)
         except RevisionError as e:
             with self._lock:
                 self.stats["failed"] += 1
                 if self.failure_ttl > 0:
-                    self._failures[key] = (self.clock() + self.failure_ttl, e)
+                    self._remember_failure(key, e)
             raise
         with self._lock:
             self._memory[key] = histograms
@@ -213,6 +241,16 @@ class RevisionCache:
             while len(self._memory) > self.memory_size:
                 self._memory.popitem(last=False)
         return histograms
+
+    def _remember_failure(self, key: tuple[str, str], error: RevisionError) -> None:
+        now = self.clock()
+        self._failures.pop(key, None)
+        self._failures[key] = (now + self.failure_ttl, error)
+        if len(self._failures) > MAX_FAILURES:     # a flood of made-up revisions: stay bounded
+            for old in [k for k, (until, _) in self._failures.items() if until <= now]:
+                del self._failures[old]
+            while len(self._failures) > MAX_FAILURES:
+                del self._failures[next(iter(self._failures))]
 
     def forget_failures(self) -> None:
         """Drop remembered failures, e.g. once a missing revision has been published."""

@@ -332,3 +332,23 @@ def test_definition_is_frozen():
     assert isinstance(d, Definition)
     with pytest.raises(AttributeError):
         d.high = 5  # type: ignore[misc]
+
+
+def test_the_real_ping_fits_its_revision(fixtures_dir, tables):
+    """Every bucket the fixture Firefox 23 ping reports is a bucket of revision a55c55edf302."""
+    from receiver.rawlog import inflate, read_records
+
+    (record,) = list(read_records(fixtures_dir / "raw" / "telemetry1.v1.log"))
+    ping = orjson.loads(inflate(record.data))
+    assert ping["info"]["revision"].endswith("/rev/a55c55edf302")
+    definitions = tables["a55c55edf302"][0]
+    known = {n: h for n, h in ping["histograms"].items() if n in definitions}
+    unknown = sorted(set(ping["histograms"]) - set(known))
+    assert len(known) == 326
+    assert unknown == ["HTTP_OFFLINE_CACHE_DOCUMENT_LOAD", "MIXED_CONTENT_PAGE_LOAD"]
+    for name, histogram in known.items():
+        d = definitions.get(name)
+        assert all(d.bucket_index(int(k)) is not None for k in histogram["values"]), name
+        if name != "GC_REASON_2":      # Firefox used 100 reasons, the SPEC (and the original) 101
+            assert histogram["bucket_count"] == d.n_buckets, name
+            assert histogram["range"] == [d.low, d.high], name

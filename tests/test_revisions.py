@@ -8,6 +8,7 @@ import os
 import pickle
 import socket
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from converter.histograms import Histograms
+import converter.revisions
 from converter.revisions import (
     MISSING_REVISION,
     MISSING_REVISION_REPO,
@@ -241,10 +243,11 @@ def test_corrupt_disk_file_is_fetched_again(tmp_path, served, histograms_data):
 
 
 class _Flaky(BaseHTTPRequestHandler):
-    """Answers 503 to the first ``failures`` requests, then the file."""
+    """Answers 503 to the first ``failures`` requests, then the file; slowly if asked to."""
 
     def do_GET(self):  # noqa: N802
         server = self.server
+        time.sleep(server.delay)
         with server.lock:
             server.count += 1
             fail = server.count <= server.failures
@@ -262,6 +265,7 @@ class _Flaky(BaseHTTPRequestHandler):
 def flaky(histograms_data):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
     httpd.lock, httpd.count, httpd.failures, httpd.body = threading.Lock(), 0, 0, histograms_data
+    httpd.delay = 0.0
     thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     yield httpd
@@ -280,6 +284,36 @@ def test_server_errors_are_retried(tmp_path, flaky, failures, retries, ok):
         with pytest.raises(RevisionError, match="HTTP 503"):
             cache.get(URL)
     assert flaky.count == min(failures + 1, retries + 1)
+
+
+def test_threads_share_one_fetch(tmp_path, flaky):
+    flaky.delay = 0.3
+    cache = RevisionCache(tmp_path / "cache", "127.0.0.1:%d" % flaky.server_address[1])
+    results: list[Histograms] = []
+
+    def get():
+        results.append(cache.get(URL))
+
+    threads = [threading.Thread(target=get) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 6 and all(r is results[0] for r in results)
+    assert flaky.count == 1
+
+
+def test_remembered_failures_stay_bounded(tmp_path, served, monkeypatch):
+    monkeypatch.setattr(converter.revisions, "MAX_FAILURES", 3)
+    cache = RevisionCache(tmp_path / "cache", served.url, failure_ttl=3600, backoff=0)
+    urls = [f"https://hg.mozilla.org/{REPO}/rev/{i:012x}" for i in range(5)]
+    for url in urls + urls[-3:]:
+        with pytest.raises(RevisionError):
+            cache.get(url)
+    assert fetches(served) == 5            # the last three are still remembered
+    with pytest.raises(RevisionError):
+        cache.get(urls[0])                 # the oldest was forgotten
+    assert fetches(served) == 6
 
 
 def test_connection_refused(tmp_path):
