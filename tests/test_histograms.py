@@ -220,8 +220,9 @@ def test_linear_properties(args):
     assert b[0] == 0 and b[1] == low and b[-1] == high
     assert all(x < y for x, y in zip(b, b[1:]))
     # evenly spaced up to rounding: each bound within half a step of the exact line
-    step = (high - low) / (n - 2)
-    assert all(abs(b[i] - (low + step * (i - 1))) <= 0.5 for i in range(1, n))
+    den = n - 2
+    exact = [low * (n - 1 - i) + high * (i - 1) for i in range(n)]     # times den
+    assert all(2 * abs(b[i] * den - exact[i]) <= den for i in range(1, n))
 
 
 @settings(max_examples=100, deadline=None)
