@@ -219,7 +219,7 @@ def test_linear_properties(args):
     assert len(b) == n
     assert b[0] == 0 and b[1] == low and b[-1] == high
     assert all(x < y for x, y in zip(b, b[1:]))
-    # evenly spaced up to rounding: each bound within half a step of the exact line
+    # evenly spaced: each bound within 0.5 of the exact line (rational arithmetic)
     den = n - 2
     exact = [low * (n - 1 - i) + high * (i - 1) for i in range(n)]     # times den
     assert all(2 * abs(b[i] * den - exact[i]) <= den for i in range(1, n))
