@@ -1,9 +1,12 @@
 """The receiver's parent process: binds the port, forks workers, restarts the dead.
 
-Workers share one listening socket bound here before forking, so ``port 0``
-works (the chosen port is announced on stdout as ``listening on
-http://HOST:PORT``) and connections waiting in the accept queue survive a
-worker's death.  When a worker dies, the raw log it was writing is finalized
+Before forking it opens one listening socket per worker slot, all on the
+same port with SO_REUSEPORT, so the kernel spreads connections evenly over
+the workers (one shared socket lets whichever worker wakes first take them
+all).  ``port 0`` works: the first socket picks the port, which is announced
+on stdout as ``listening on http://HOST:PORT`` once every socket listens.
+The supervisor keeps the sockets open, so connections queued for a worker
+that dies wait for its replacement.  When a worker dies, the raw log it was writing is finalized
 (torn last record cut off, renamed ``.finished``) so nothing it acknowledged
 waits forever, and a new worker takes its slot (with a back-off if workers
 keep dying at start-up).  SIGTERM/SIGINT is passed on to the workers, which
@@ -30,14 +33,37 @@ POLL_SECONDS = 0.05
 
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
-    """The listening socket all workers accept on."""
+    """One listening socket with SO_REUSEPORT: the kernel spreads connections over all of them."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock = socket.create_server((host, port), family=family, backlog=backlog, reuse_port=False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
     except OSError as e:
+        sock.close()
         raise ReceiverError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.setblocking(False)
     return sock
+
+
+def bind_sockets(host: str, port: int, count: int) -> list[socket.socket]:
+    """``count`` sockets on one port (port 0: the first one picks it), one per worker slot.
+
+    The supervisor keeps them open, so connections queued on a dead
+    worker's socket wait for its replacement instead of being reset.
+    """
+    first = bind_socket(host, port)
+    socks = [first]
+    try:
+        for _ in range(count - 1):
+            socks.append(bind_socket(host, first.getsockname()[1]))
+    except ReceiverError:
+        for s in socks:
+            s.close()
+        raise
+    return socks
 
 
 def check_storage(config: ReceiverConfig) -> None:
@@ -65,22 +91,23 @@ def serve(config: ReceiverConfig, out: TextIO | None = None, err: TextIO | None 
     config = config.replace(hostname=hostname)
     for path in finalize_unfinished(config.log_path, config.log_base, hostname):
         print(f"finalized {path} left by a dead receiver", file=err, flush=True)
-    sock = bind_socket(config.host, config.port)
-    port = sock.getsockname()[1]
+    socks = bind_sockets(config.host, config.port, config.worker_count)
+    port = socks[0].getsockname()[1]
     host = f"[{config.host}]" if ":" in config.host else config.host
     if config.motd:
         print(config.motd, file=err, flush=True)
     print(f"listening on http://{host}:{port}", file=out, flush=True)
     try:
-        return Supervisor(config, sock, out, err).run()
+        return Supervisor(config, socks, out, err).run()
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()
 
 
 class Supervisor:
-    def __init__(self, config: ReceiverConfig, sock: socket.socket, out: TextIO, err: TextIO):
+    def __init__(self, config: ReceiverConfig, socks: list[socket.socket], out: TextIO, err: TextIO):
         self.config = config
-        self.sock = sock
+        self.socks = socks
         self.out = out
         self.err = err
         self.n = config.worker_count
@@ -139,7 +166,10 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 1
             try:
-                code = run_worker(self.config, self.sock, self.shared, slot)
+                for i, other in enumerate(self.socks):
+                    if i != slot:
+                        other.close()
+                code = run_worker(self.config, self.socks[slot], self.shared, slot)
             except BaseException:
                 traceback.print_exc()
             finally:
