@@ -502,6 +502,6 @@ def test_rate_limit_spaces_requests(server, tmp_path):
     assert summary.delivered == 10
     limiter = RateLimiter(50)
     first = limiter.next
-    for _ in range(5):
-        limiter.wait(threading.Event())
+    delays = [limiter.delay() for _ in range(5)]
     assert limiter.next - first >= 5 / 50  # each request takes the next slot, 1/rate apart
+    assert delays == sorted(delays) and delays[-1] >= 3 / 50
