@@ -11,6 +11,7 @@ is started on loopback.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Sequence
 
 from mapreduce.errors import JobError
@@ -62,7 +63,9 @@ class DaskEngine:
     def _gather(self, fn: Any, tasks: Sequence[Any], progress: Progress) -> list[Any]:
         from distributed import as_completed
 
-        futures = {self._client.submit(fn, task, key=f"telemetry-{task.name.replace(' ', '-')}-{id(task)}",
+        # A fresh key per run: a long-lived scheduler must never hand back an older run's result.
+        run_id = uuid.uuid4().hex
+        futures = {self._client.submit(fn, task, key=f"telemetry-{task.name.replace(' ', '-')}-{run_id}",
                                        pure=False): task for task in tasks}
         results: dict[int, Any] = {}
         try:

@@ -180,7 +180,12 @@ def run_job(config: JobConfig, log=None) -> JobResult:
         return result
 
     mappers = min(config.num_mappers, len(inputs))
+    if mappers < config.num_mappers:
+        log(f"the filter matched only {len(inputs)} files: running {mappers} mappers")
     groups = assign_files(inputs, mappers)
+    if config.verbose:
+        for i, g in enumerate(groups):
+            log(f"mapper {i}: {len(g)} files, {sum(f.size for f in g) / 1e6:.1f} MB")
     memory = int(config.reduce_memory_mb * 1024 * 1024)
     map_tasks = [MapTask(i, tuple(g), os.fspath(work_dir), config.num_reducers, script, config.profile)
                  for i, g in enumerate(groups)]
