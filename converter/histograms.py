@@ -129,7 +129,7 @@ def exponential_buckets(low: int, high: int, n_buckets: int) -> list[int]:
 
 _TOKEN = re.compile(r"""
     \s*(?:
-      (?P<num>0[xX][0-9a-fA-F]+|\d+)[uUlL]*
+      (?P<num>0[xX][0-9a-fA-F]+|[0-9]+)[uUlL]*
     | (?P<sym>(?:::)?[A-Za-z_][A-Za-z0-9_]*(?:::[A-Za-z_][A-Za-z0-9_]*)*)
     | (?P<op><<|>>|[-+*/%()])
     )""", re.VERBOSE)
