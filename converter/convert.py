@@ -306,22 +306,22 @@ _INT_ONLY = frozenset((int,))
 
 def _convert_one(name: str, table: _Table, hist: Any) -> list:
     """One histogram as an array of bucket counts followed by the five statistics."""
-    if not isinstance(hist, dict):
-        raise RecordError("conversion_error", f"histogram {name} is not an object")
-    values = hist.get("values")
-    if not isinstance(values, dict):
-        raise RecordError("conversion_error", f"histogram {name} has no 'values' object")
-    if not _INT_ONLY.issuperset(map(type, values.values())):
-        bad = next(c for c in values.values() if type(c) is not int)
-        raise RecordError("invalid_bucket", f"histogram {name}: count {str(bad)[:40]!r} is not an integer")
+    try:
+        values = hist["values"]
+        items = values.items()
+    except (TypeError, KeyError, AttributeError, IndexError):
+        raise RecordError("conversion_error", f"histogram {name} has no 'values' object") from None
     out = [0] * table.n_buckets
     index = table.text_index
     try:
-        for key, count in values.items():
+        for key, count in items:
             out[index[key]] = count
     except KeyError:
-        for key, count in values.items():
+        for key, count in items:
             out[_slot(name, table, key)] = count
+    if not _INT_ONLY.issuperset(map(type, values.values())):
+        bad = next(c for c in values.values() if type(c) is not int)
+        raise RecordError("invalid_bucket", f"histogram {name}: count {str(bad)[:40]!r} is not an integer")
     get = hist.get
     out += (get("sum", -1), get("log_sum", -1), get("log_sum_squares", -1),
             get("sum_squares_lo", -1), get("sum_squares_hi", -1))

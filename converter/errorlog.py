@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from converter.storage import Pending, write_durably
+from converter.storage import Pending
 from receiver.rawlog import FINISHED_SUFFIX, Record, encode_record
 
 SIDECAR_SUFFIX = ".jsonl"
@@ -38,7 +38,10 @@ class _Group:
 
 
 class ErrorWriter:
-    """Collects one unit's rejected records; :meth:`finish` makes them pending files."""
+    """Collects one unit's rejected records; :meth:`finish` makes them pending files.
+
+    Rejections are rare, so they are held in memory until the unit ends.
+    """
 
     def __init__(self, errors_dir: str | os.PathLike, unit_id: str, source: str):
         self.errors_dir = Path(errors_dir)
@@ -62,7 +65,7 @@ class ErrorWriter:
         return sum(len(g.records) for g in self._groups.values())
 
     def finish(self) -> list[Pending]:
-        """Write each reason's records and notes durably into the work directory."""
+        """Write each reason's records and notes into the work directory, to be published with the unit."""
         pending = []
         if not self._groups:
             return pending
@@ -71,7 +74,7 @@ class ErrorWriter:
             base = f"{self.unit_id}.v2"
             for suffix, chunks in ((FINISHED_SUFFIX, group.records), (SIDECAR_SUFFIX, group.notes)):
                 src = self.work_dir / f"{reason}{suffix}"
-                write_durably(src, b"".join(chunks))
+                src.write_bytes(b"".join(chunks))
                 pending.append(Pending(str(src), str(self.errors_dir / reason / f"{base}{suffix}")))
         return pending
 

@@ -34,7 +34,7 @@ from converter.layout import relative_path
 from converter.revisions import RevisionCache
 from converter.schema import Schema, SchemaError
 from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWriter, complete_pending,
-                               write_durably, write_manifest)
+                               fsync_dir, write_durably, write_manifest)
 from receiver.rawlog import RawLogReader, finished_files
 
 STATE_DIR = ".state"
@@ -396,6 +396,7 @@ def _mark_done(marker: Path, result: UnitResult, work: Path, config: ConverterCo
     tmp = marker.with_name(marker.name + ".tmp")
     write_durably(tmp, orjson.dumps(asdict(result)))
     os.replace(tmp, marker)
+    fsync_dir(marker.parent)
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(config.errors / WORK_DIR / result.unit_id, ignore_errors=True)
 

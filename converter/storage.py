@@ -25,8 +25,10 @@ import hashlib
 import lzma
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import orjson
 import zstandard
@@ -49,7 +51,7 @@ def published_id(unit_id: str, relpath: str, sequence: int) -> str:
 
 
 def compress_file(src: Path, dst: Path, codec: str, level: int) -> None:
-    """Compress a whole file into ``dst`` and fsync it."""
+    """Compress a whole file into ``dst`` (made durable later, by :func:`write_manifest`)."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         if codec == "zst":
             zstandard.ZstdCompressor(level=level).copy_stream(fin, fout, size=os.fstat(fin.fileno()).st_size)
@@ -58,18 +60,16 @@ def compress_file(src: Path, dst: Path, codec: str, level: int) -> None:
             while chunk := fin.read(_CHUNK):
                 fout.write(comp.compress(chunk))
             fout.write(comp.flush())
-        fout.flush()
-        os.fsync(fout.fileno())
 
 
 def compress_bytes(data: bytes, dst: Path, codec: str, level: int) -> None:
-    """Compress ``data`` into ``dst`` and fsync it."""
+    """Compress ``data`` into ``dst`` (made durable later, by :func:`write_manifest`)."""
     if codec == "zst":
         out = zstandard.ZstdCompressor(level=level).compress(data)
     else:
         comp = _lzma_compressor(level)
         out = comp.compress(data) + comp.flush()
-    write_durably(dst, out)
+    dst.write_bytes(out)
 
 
 def write_durably(path: Path, data: bytes) -> None:
@@ -77,6 +77,30 @@ def write_durably(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def fsync_paths(paths: Iterable[str | os.PathLike]) -> None:
+    """fsync files or directories, many at once.
+
+    A unit publishes one file per layout file it touched, often hundreds;
+    fsyncs issued together share the filesystem's journal commits, which on
+    ext4 makes them an order of magnitude cheaper than one after another.
+    """
+    paths = list(dict.fromkeys(map(os.fspath, paths)))
+    if len(paths) <= 2:
+        for p in paths:
+            _fsync_path(p)
+        return
+    with ThreadPoolExecutor(min(16, len(paths))) as pool:
+        list(pool.map(_fsync_path, paths))
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _lzma_compressor(level: int) -> lzma.LZMACompressor:
@@ -204,7 +228,7 @@ class LayoutWriter:
             self._rotate(part)
 
     def finish(self) -> list[Pending]:
-        """Compress everything still open; the pending files are durable when this returns."""
+        """Compress everything still open into pending files (durable once the manifest is written)."""
         for part in self._parts.values():
             self._rotate(part)
         return self.pending
@@ -215,7 +239,12 @@ class LayoutWriter:
 
 
 def write_manifest(work_dir: Path, pending: list[Pending], result: dict) -> None:
-    """Record what to publish, and the unit's result, durably: the commit point of a unit."""
+    """Record what to publish, and the unit's result, durably: the commit point of a unit.
+
+    The pending files (and their directories) are fsynced first, so a manifest
+    never names a file that a crash could lose.
+    """
+    fsync_paths([p.source for p in pending] + [os.path.dirname(p.source) for p in pending])
     doc = {"files": [[p.source, p.target] for p in pending], "result": result}
     tmp = work_dir / (MANIFEST + ".tmp")
     write_durably(tmp, orjson.dumps(doc))
@@ -250,6 +279,5 @@ def complete_pending(work_dir: Path) -> list[str] | None:
             os.replace(source, target_path)
             dirs.add(target_path.parent)
         published.append(target)
-    for d in dirs:
-        fsync_dir(d)
+    fsync_paths(dirs)
     return published

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Benchmark: ``telemetry process`` against a floor measured in the same run.
+
+Builds a raw dataset from variations of the fixture ping (fresh docIds,
+mixed dimensions, three receive days), split into several raw files, then:
+
+* floor: one Python loop over the same records that only gunzips, parses,
+  serializes and compresses (zstd level 3), i.e. the least any converter does;
+* ``telemetry process`` with 1 worker and with 2 workers (real subprocesses,
+  histograms from a disk cache, output on the local disk).
+
+Prints input MB/s and records/s for each and the ratios (targets: 1 worker
+>= 40% of the floor, 2 workers >= 1.7x of 1 worker).  On a shared machine
+the figures are noisy: run it twice and look at the spread.
+
+    bench/convert.py --size-mb 100 --files 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import orjson
+import zstandard
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from converter.revisions import write_revision  # noqa: E402
+from converter.variations import base_record, write_variations  # noqa: E402
+from receiver.rawlog import read_records  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+def build_dataset(directory: Path, size_mb: float, files: int) -> list[Path]:
+    base = base_record(FIXTURES / "raw" / "telemetry1.v1.log")
+    per_record = len(base.data) + 120
+    n = max(files, int(size_mb * 1e6 / per_record))
+    per_file = -(-n // files)
+    return [write_variations(directory / f"telemetry.v1.bench.{i}.finished", base, per_file, seed=i,
+                             compresslevel=6) for i in range(files)]
+
+
+def floor(raw_files: list[Path]) -> tuple[float, int]:
+    """Gunzip + parse + serialize + compress every record, nothing else."""
+    start = time.perf_counter()
+    n = 0
+    with open(Path(tempfile.gettempdir()) / "floor.zst", "wb") as out:
+        comp = zstandard.ZstdCompressor(level=3).compressobj()
+        for raw in raw_files:
+            for rec in read_records(raw):
+                doc = orjson.loads(gzip.decompress(rec.data))
+                out.write(comp.compress(rec.path.encode() + b"\t" + orjson.dumps(doc) + b"\n"))
+                n += 1
+        out.write(comp.flush())
+    return time.perf_counter() - start, n
+
+
+def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> float:
+    telemetry = Path(sys.executable).parent / "telemetry"
+    args = [str(telemetry), "process", *map(str, raw_files), "--output", str(out),
+            "--schema", str(FIXTURES / "telemetry_schema.json"), "--histogram-cache", str(cache),
+            "--workers", str(workers), "--no-progress"]
+    start = time.perf_counter()
+    done = subprocess.run(args, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"telemetry process failed: {done.stderr or done.stdout}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size-mb", type=float, default=100, help="raw input size (default 100 MB)")
+    parser.add_argument("--files", type=int, default=8, help="raw files to split it into")
+    parser.add_argument("--dir", help="work directory (default: a temporary one, removed)")
+    args = parser.parse_args()
+
+    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="bench-convert-"))
+    try:
+        raw_dir = work / "raw"
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        cache = work / "cache"
+        write_revision(cache, "releases/mozilla-release", "a55c55edf302",
+                       (FIXTURES / "histograms" / "a55c55edf302.Histograms.json").read_bytes())
+        t = time.perf_counter()
+        raw_files = build_dataset(raw_dir, args.size_mb, args.files)
+        mb = sum(p.stat().st_size for p in raw_files) / 1e6
+        print(f"dataset: {mb:.1f} MB in {len(raw_files)} raw files (built in {time.perf_counter() - t:.1f} s)")
+
+        floor_s, n = floor(raw_files)
+        results = {"floor (gunzip+parse+serialize+compress)": floor_s}
+        for workers in (1, 2):
+            results[f"telemetry process, {workers} worker(s)"] = run_process(
+                raw_files, work / f"out{workers}", cache, workers)
+        for name, seconds in results.items():
+            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f} MB/s  {n / seconds:8.0f} records/s")
+        one = results["telemetry process, 1 worker(s)"]
+        two = results["telemetry process, 2 worker(s)"]
+        print(f"1 worker / floor: {floor_s / one:.0%} (target >= 40%)")
+        print(f"2 workers / 1 worker: {one / two:.2f}x (target >= 1.7x)")
+    finally:
+        if not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
