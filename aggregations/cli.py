@@ -1,0 +1,165 @@
+"""``telemetry aggregate`` and ``telemetry compare``: flags in, library calls, rows out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+from pymongo.errors import PyMongoError
+
+from aggregations.compare import compare as compare_both
+from aggregations.formats import FORMATS, format_rows
+from aggregations.pipelines import PIPELINES, AggregationError, build_pipeline, run_custom
+from converter.schema import Schema, SchemaError
+from importer.cli import BadSetup, connect_url, mongo_config, mongo_options
+from importer.errors import MongoUnavailable
+from importer.importer import DEFAULT_SCHEMA
+from importer.mongo import connect
+
+
+def _collection(mongo_url, mongo_dir, database, collection):
+    url = connect_url(mongo_config(mongo_url, mongo_dir))
+    try:
+        client = connect(url)
+    except MongoUnavailable as e:
+        raise BadSetup(str(e)) from None
+    return client, client[database][collection]
+
+
+def _load_schema(path: Path | None, what: str) -> Schema | None:
+    if path is None:
+        return None
+    try:
+        return Schema.load(path)
+    except SchemaError as e:
+        raise click.UsageError(f"{what}: {e}") from None
+
+
+def _check_by(by: str | None, schema: Schema) -> None:
+    if by is not None and by not in schema.names:
+        raise click.UsageError(f"--by must be a dimension: {', '.join(schema.names)}")
+
+
+def collection_options(f):
+    f = click.option("-c", "--collection", default="payloads", show_default=True)(f)
+    f = click.option("-d", "--database", default="telemetry", show_default=True)(f)
+    return f
+
+
+def pipeline_options(f):
+    f = click.option("--by", help="Dimension to group by (histogram, simple_measurement) "
+                                  "[default: appUpdateChannel].")(f)
+    f = click.option("--name", "measure", help="Histogram or simpleMeasurements key.")(f)
+    f = click.option("--filter", "filter_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="A MapReduce-style filter (telemetry_schema.json shape) on the dimensions.")(f)
+    f = click.option("--schema", "schema_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="telemetry_schema.json naming the dimensions [default: the packaged one].")(f)
+    return f
+
+
+@click.command()
+@click.argument("name", required=False)
+@pipeline_options
+@collection_options
+@click.option("--pipeline", "pipeline_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Run your own pipeline (a JSON list of stages) instead of a named one.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option("--list", "list_", is_flag=True, help="List the named pipelines and exit.")
+@click.option("--show", is_flag=True, help="Print the pipeline as JSON instead of running it.")
+@mongo_options
+def aggregate(name, measure, by, filter_path, schema_path, database, collection, pipeline_path, fmt, list_, show,
+              mongo_url, mongo_dir):
+    """Run the named aggregation pipeline NAME (see --list) over the imported pings."""
+    if list_:
+        for p in PIPELINES.values():
+            needs = "".join(f" --{o} X" for o in p.options)
+            click.echo(f"{p.name}{needs}: {p.help}")
+        return
+    if (name is None) == (pipeline_path is None):
+        raise click.UsageError("give a pipeline NAME or --pipeline FILE (see --list)")
+    schema = _load_schema(schema_path, "schema") or Schema.load(DEFAULT_SCHEMA)
+    filter = _load_schema(filter_path, "filter")
+    _check_by(by, schema)
+    if pipeline_path is not None:
+        try:
+            custom = orjson.loads(pipeline_path.read_bytes())
+        except FileNotFoundError:
+            raise click.UsageError(f"pipeline file {pipeline_path} does not exist") from None
+        except orjson.JSONDecodeError as e:
+            raise click.UsageError(f"pipeline file {pipeline_path} is not JSON: {e}") from None
+    else:
+        try:
+            pipeline, columns = build_pipeline(name, filter=filter, **_options(measure, by))
+        except AggregationError as e:
+            raise click.UsageError(str(e)) from None
+        if show:
+            click.echo(orjson.dumps(pipeline, option=orjson.OPT_INDENT_2).decode())
+            return
+    client, coll = _collection(mongo_url, mongo_dir, database, collection)
+    try:
+        if pipeline_path is not None:
+            rows, columns = run_custom(coll, custom, filter)
+        else:
+            rows = [{c: r.get(c) for c in columns} for r in coll.aggregate(pipeline)]
+    except AggregationError as e:
+        raise click.UsageError(str(e)) from None
+    except PyMongoError as e:
+        raise click.ClickException(f"the pipeline failed: {e}") from None
+    finally:
+        client.close()
+    click.echo(format_rows(rows, columns, fmt), nl=False)
+
+
+@click.command()
+@click.argument("name")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path),
+              help="The layout the MapReduce job reads (the dataset that was imported).")
+@pipeline_options
+@collection_options
+@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the job keeps its intermediate files [default: a temporary directory].")
+@click.option("--num-mappers", type=click.IntRange(1), help="Mapper processes [default: one per CPU].")
+@mongo_options
+def compare(name, data_dir, measure, by, filter_path, schema_path, database, collection, work_dir, num_mappers,
+            mongo_url, mongo_dir):
+    """Answer NAME twice, by a MapReduce job over --data-dir and by the Mongo pipeline, and compare.
+
+    Exit 0 when both agree (floats within a relative 1e-9), 1 when they differ.
+    """
+    if not data_dir.is_dir():
+        raise BadSetup(f"data directory {data_dir} does not exist")
+    if name not in PIPELINES:
+        raise click.UsageError(f"no pipeline named {name!r}; known: {', '.join(sorted(PIPELINES))}")
+    schema = _load_schema(schema_path, "schema") or Schema.load(DEFAULT_SCHEMA)
+    _load_schema(filter_path, "filter")
+    _check_by(by, schema)
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    client, coll = _collection(mongo_url, mongo_dir, database, collection)
+    try:
+        result = compare_both(name, coll, data_dir, schema, filter_path, work_dir, num_mappers,
+                              log=lambda m: click.echo(m, err=True), **_options(measure, by))
+    except AggregationError as e:
+        raise click.UsageError(str(e)) from None
+    except PyMongoError as e:
+        raise click.ClickException(f"the pipeline failed: {e}") from None
+    except Exception as e:  # the MapReduce package's own errors, named in its message
+        from mapreduce.errors import MapReduceError
+
+        if isinstance(e, MapReduceError):
+            raise click.ClickException(f"the MapReduce job failed: {e}") from None
+        raise
+    finally:
+        client.close()
+    click.echo(result.describe(), nl=False)
+    if not result.agree:
+        sys.exit(1)
+
+
+def _options(measure: str | None, by: str | None) -> dict:
+    return {k: v for k, v in (("name", measure), ("by", by)) if v is not None}
+
+
+commands = [aggregate, compare]
