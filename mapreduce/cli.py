@@ -25,14 +25,15 @@ from mapreduce.job import ENGINES, JobConfig, run_job
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File for the final job output.")
 @click.option("-m", "--num-mappers", metavar="N", type=click.IntRange(min=1),
-              default=os.cpu_count() or 1, show_default=True, help="Start N mapper processes.")
+              default=os.cpu_count() or 1, show_default="the number of CPUs",
+              help="Start N mapper processes.")
 @click.option("-r", "--num-reducers", metavar="N", type=click.IntRange(min=1), default=1,
               show_default=True, help="Start N reducer processes.")
 @click.option("-l", "--local-only", is_flag=True, help="Only process local files (exclude S3 data).")
-@click.option("-b", "--bucket", help="S3 bucket name to read matching files from as well.")
-@click.option("--endpoint-url", help="S3 endpoint for S3-compatible stores.")
-@click.option("-k", "--aws-key", help="AWS access key (default: boto3's usual sources).")
-@click.option("-s", "--aws-secret-key", help="AWS secret key.")
+@click.option("-b", "--bucket", metavar="NAME", help="S3 bucket name to read matching files from as well.")
+@click.option("--endpoint-url", metavar="URL", help="S3 endpoint for S3-compatible stores.")
+@click.option("-k", "--aws-key", metavar="KEY", help="AWS access key (default: boto3's usual sources).")
+@click.option("-s", "--aws-secret-key", metavar="KEY", help="AWS secret key.")
 @click.option("-X", "--delete-data", is_flag=True, help="Delete the input files after mapping.")
 @click.option("-p", "--profile", is_flag=True, help="Write cProfile stats per task to WORK_DIR/profile.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,

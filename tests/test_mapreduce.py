@@ -442,3 +442,11 @@ def test_cli_module_exports_the_command_for_the_telemetry_group():
     assert [c.name for c in commands] == ["mapreduce"]
     res = CliRunner().invoke(commands[0], ["--help"])
     assert res.exit_code == 0 and "--num-reducers" in res.output and "--input-filter" in res.output
+
+
+def test_docs_cover_every_option():
+    docs = (REPO / "docs" / "mapreduce.md").read_text()
+    for param in mapreduce_command.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                assert opt in docs, f"{opt} is not documented"
