@@ -243,3 +243,11 @@ def test_the_original_lzma_files_are_exported(s3, s3_endpoint, fixtures_dir, tmp
     assert summary.uploaded == 2
     assert bucket_objects(s3) == published(base)
     assert all(k.endswith(".lzma") for k in bucket_objects(s3))
+
+
+def test_docs_cover_every_option():
+    text = (Path(__file__).parent.parent / "docs" / "export.md").read_text()
+    for param in export.params:
+        for opt in param.opts + param.secondary_opts:
+            if opt.startswith("--"):
+                assert opt in text, f"{opt} is not documented"

@@ -505,3 +505,11 @@ def test_rate_limit_spaces_requests(server, tmp_path):
     delays = [limiter.delay() for _ in range(5)]
     assert limiter.next - first >= 5 / 50  # each request takes the next slot, 1/rate apart
     assert delays == sorted(delays) and delays[-1] >= 3 / 50
+
+
+def test_docs_cover_every_option():
+    text = (Path(__file__).parent.parent / "docs" / "replay.md").read_text()
+    for param in replay.params:
+        for opt in param.opts + param.secondary_opts:
+            if opt.startswith("--"):
+                assert opt in text, f"{opt} is not documented"
