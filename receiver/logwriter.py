@@ -151,7 +151,10 @@ class LogWriter:
     def _write_batch(self, data: bytes) -> float:
         t0 = time.perf_counter()
         if self._fd is not None and self._too_old():
-            self._finish()
+            try:
+                self._finish()
+            except OSError as e:
+                log.error("cannot finish an old raw log in %s: %s", self.directory, e)
         if self._fd is None:
             self._open()
         good = self._size
@@ -168,7 +171,10 @@ class LogWriter:
             raise StorageError(f"writing raw log {name} failed: {e.strerror or e}", e.errno) from None
         self._size += len(data)
         if self._size >= self.max_log_size:
-            self._finish()
+            try:
+                self._finish()
+            except OSError as e:  # the batch is durable already; only the rename failed
+                log.error("cannot finish raw log %s: %s", self.directory, e)
         return time.perf_counter() - t0
 
     def _open(self) -> None:

@@ -108,6 +108,14 @@ class HTTPProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _process(self) -> None:
+        try:
+            self._parse()
+        finally:
+            if self.paused and len(self.buf) <= self.front.max_buffer and not self.closing:
+                self.paused = False
+                self.transport.resume_reading()
+
+    def _parse(self) -> None:
         app = self.app
         buf = self.buf
         while not self.closing:
@@ -122,8 +130,6 @@ class HTTPProtocol(asyncio.Protocol):
                 del buf[:end + 4]
                 if not self._head(head):
                     return
-                if self.need < 0:
-                    continue
             if len(buf) < self.need:
                 return
             body = bytes(buf[:self.need])
@@ -138,9 +144,6 @@ class HTTPProtocol(asyncio.Protocol):
                 self._answer(200, payload=_response(200, payload, ctype, not self.keep_alive))
             else:
                 self._answer(self.code)
-        if self.paused and len(buf) <= self.front.max_buffer:
-            self.paused = False
-            self.transport.resume_reading()
 
     def _start(self, method: str, target: str) -> None:
         self.size = 0

@@ -30,6 +30,20 @@ from receiver.metrics import SharedSlots
 from receiver.worker import run_worker
 
 POLL_SECONDS = 0.05
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGTERM this worker if the supervisor dies (so no orphan keeps the port)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        os._exit(1)
 
 
 def bind_socket(host: str, port: int, backlog: int = 2048) -> socket.socket:
@@ -119,7 +133,7 @@ class Supervisor:
         self.stop_requested = False
 
     def run(self) -> int:
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
         try:
             for slot in range(self.n):
                 self._spawn(slot)
@@ -162,10 +176,17 @@ class Supervisor:
     def _spawn(self, slot: int) -> None:
         self.out.flush()
         self.err.flush()
+        # Signals wait until the child has dropped the supervisor's handlers.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
             code = 1
             try:
+                for sig in _STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                _die_with_parent(parent)
                 for i, other in enumerate(self.socks):
                     if i != slot:
                         other.close()
@@ -176,6 +197,7 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
         self.children[pid] = slot
         self.started[slot] = time.monotonic()
         print(f"worker {slot} started pid {pid}", file=self.out, flush=True)
