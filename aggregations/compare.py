@@ -10,6 +10,7 @@ compared value by value (floats within a relative 1e-9).
 
 from __future__ import annotations
 
+import inspect
 import math
 import re
 import tempfile
@@ -88,7 +89,10 @@ def render_job_script(name: str, params: dict[str, Any], target: Path) -> Path:
 
 
 def job_params(name: str, schema: Schema, options: dict[str, Any]) -> dict[str, Any]:
-    params = {k: v for k, v in options.items() if v is not None}
+    """The pipeline's options with its defaults filled in, plus the dimension names for the job."""
+    signature = inspect.signature(PIPELINES[name].build)
+    params = {p.name: p.default for p in signature.parameters.values() if p.default is not p.empty}
+    params.update((k, v) for k, v in options.items() if v is not None)
     if name != "os_distribution":
         params["dimensions"] = schema.names
     return params
@@ -105,7 +109,7 @@ def read_job_output(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_job_rows(name: str, data_dir: Path, work_dir: Path, schema: Schema, filter_path: Path | None = None,
+def run_job_rows(name: str, data_dir: Path, /, work_dir: Path, schema: Schema, filter_path: Path | None = None,
                  num_mappers: int | None = None, log=None, **options: Any) -> list[dict[str, Any]]:
     """Run the pipeline's job script over ``data_dir`` with the MapReduce framework; its rows."""
     from mapreduce.job import JobConfig, run_job
@@ -139,7 +143,7 @@ def compare_rows(name: str, columns: list[str], mongo: list[dict], job: list[dic
     return result
 
 
-def compare(name: str, collection, data_dir: Path, schema: Schema, filter_path: Path | None = None,
+def compare(name: str, collection, /, data_dir: Path, schema: Schema, filter_path: Path | None = None,
             work_dir: Path | None = None, num_mappers: int | None = None, log=None,
             **options: Any) -> Comparison:
     """Run pipeline ``name`` on ``collection`` and its job over ``data_dir``, and compare the rows."""

@@ -7,9 +7,7 @@ is present, and stays -1 if it never is.
 
 import json
 
-PARAMS = {"name": "GC_MS", "by": "appUpdateChannel",
-          "dimensions": ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID",
-                         "submission_date"]}
+PARAMS = {'name': 'GC_MS', 'by': 'appUpdateChannel', 'dimensions': ['reason', 'appName', 'appUpdateChannel', 'appVersion', 'appBuildID', 'submission_date']}  # one line: compare rewrites it
 N_STATS = 5
 
 

@@ -7,9 +7,7 @@ booleans), percentile p is the value at sorted position ceil(p/100 * count).
 import json
 import math
 
-PARAMS = {"name": "firstPaint", "by": "appUpdateChannel",
-          "dimensions": ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID",
-                         "submission_date"]}
+PARAMS = {'name': 'firstPaint', 'by': 'appUpdateChannel', 'dimensions': ['reason', 'appName', 'appUpdateChannel', 'appVersion', 'appBuildID', 'submission_date']}  # one line: compare rewrites it
 PERCENTILES = (25, 50, 75, 95)
 
 

@@ -2,8 +2,7 @@
 
 import json
 
-PARAMS = {"dimensions": ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID",
-                         "submission_date"]}
+PARAMS = {'dimensions': ['reason', 'appName', 'appUpdateChannel', 'appVersion', 'appBuildID', 'submission_date']}  # one line: compare rewrites it
 KEYS = ("submission_date", "appUpdateChannel", "appVersion")
 
 
