@@ -40,3 +40,39 @@ def s3_endpoint(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     return moto_server
+
+
+# --- MongoDB (owned by the Mongo engineer) ---------------------------------
+
+@pytest.fixture(scope="session")
+def mongo_url(tmp_path_factory):
+    """One embedded MongoDB-wire server (SecantusDB, in memory) per test session; yields its URI.
+
+    Starting one costs about half a second and stopping about two, so it is
+    shared; tests stay independent by each using its own database (``mongo_db``).
+    """
+    from importer.mongo import start_embedded
+
+    server = start_embedded(tmp_path_factory.mktemp("mongo"), storage_path=":memory:", detach=False,
+                            pid_file=False)
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongo_url):
+    import pymongo
+
+    client = pymongo.MongoClient(mongo_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def mongo_db(mongo_client, request):
+    """A database of this test's own (unique name), dropped afterwards."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    yield mongo_client[name]
+    mongo_client.drop_database(name)
