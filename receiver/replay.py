@@ -94,6 +94,7 @@ class ReplayConfig:
     backoff: float = 0.5
     max_backoff: float = 30.0
     timeout: float = 30.0
+    ca_file: Path | None = None
     batch: int = 200
     poll: float = 1.0
     progress: bool = False
@@ -114,6 +115,18 @@ class ReplayConfig:
             raise ReplayError("rate must be a positive number of requests per second")
         if self.state is not None:
             self.state = Path(self.state)
+        if self.ca_file is not None:
+            self.ca_file = Path(self.ca_file)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Certificate checks as usual; ``ca_file`` adds a private CA (a staging server's)."""
+        context = ssl.create_default_context()
+        try:
+            if self.ca_file is not None:
+                context.load_verify_locations(cafile=self.ca_file)
+            return context
+        except (OSError, ssl.SSLError) as e:
+            raise ReplayError(f"cannot use CA file {self.ca_file}: {e}") from None
 
 
 @dataclass
@@ -305,10 +318,10 @@ class HttpClient:
 
     async def _connect(self, endpoint):
         scheme, host, port = endpoint
-        tls = self.ssl_context or ssl.create_default_context() if scheme == "https" else None
+        tls = (self.ssl_context or ssl.create_default_context()) if scheme == "https" else None
         if self.proxy is None:
             return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
-        proxy_tls = ssl.create_default_context() if self.proxy.scheme == "https" else None
+        proxy_tls = (self.ssl_context or ssl.create_default_context()) if self.proxy.scheme == "https" else None
         proxy_port = self.proxy.port or (443 if self.proxy.scheme == "https" else 80)
         reader, writer = await asyncio.open_connection(self.proxy.hostname, proxy_port, ssl=proxy_tls)
         if scheme == "http":
@@ -510,7 +523,7 @@ def replay_logs(config: ReplayConfig, stop: threading.Event | None = None) -> Re
 
 async def _replay(config: ReplayConfig, state: ReplayState, stop: threading.Event,
                   summary: ReplaySummary, bar) -> None:
-    client = HttpClient(config.concurrency, config.timeout, config.proxy)
+    client = HttpClient(config.concurrency, config.timeout, config.proxy, config.ssl_context())
     sender = Sender(config, client, stop)
     try:
         while not stop.is_set():
@@ -671,9 +684,11 @@ def _stop_on_signals(stop: threading.Event) -> None:
               help="Tries per record on 5xx and connection errors.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds to wait for one response.")
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="PEM file of extra CA certificates for an https:// destination or proxy.")
 def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, delete: bool,
-                   proxy: str | None, concurrency: int, rate: float | None, follow: bool,
-                   state: Path | None, seed: int, attempts: int, timeout: float) -> None:
+           proxy: str | None, concurrency: int, rate: float | None, follow: bool,
+           state: Path | None, seed: int, attempts: int, timeout: float, ca_file: Path | None) -> None:
     """Send the submissions in raw logs RAW... (files, or directories of .finished files) to --dest.
 
     The raw logs are only read, never changed.  Exit status 1 when a record
@@ -685,7 +700,7 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
         config = ReplayConfig(sources=list(raw), dest=dest, sample=sample, copy_keys=copy_keys,
                               delete=delete, proxy=proxy, concurrency=concurrency, rate=rate,
                               follow=follow, state=state, seed=seed, attempts=attempts, timeout=timeout,
-                              progress=sys.stderr.isatty())
+                              ca_file=ca_file, progress=sys.stderr.isatty())
     except ReplayError as e:
         raise click.UsageError(str(e)) from None
     stop = threading.Event()

@@ -21,6 +21,8 @@ import pytest
 from click.testing import CliRunner
 from tornado.httpclient import AsyncHTTPClient
 from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamClosedError
+from tornado.tcpclient import TCPClient
 from tornado.web import Application, RequestHandler
 
 from receiver.config import ReceiverConfig
@@ -90,8 +92,9 @@ def dest_of(running) -> str:
 class LocalServer:
     """A Tornado app on a loopback socket in its own thread; ``respond(handler)`` picks the status."""
 
-    def __init__(self, respond=lambda h: 200, proxy: bool = False, listen: bool = True):
+    def __init__(self, respond=lambda h: 200, proxy: bool = False, listen: bool = True, tls=None):
         self.respond = respond
+        self.tls = tls
         self.requests: list[tuple[str, str, dict, bytes]] = []
         self.lock = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -99,7 +102,7 @@ class LocalServer:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.proxy = proxy
         self._ready = threading.Event()
         self._thread = None
@@ -120,7 +123,24 @@ class LocalServer:
         server_ref = self
 
         class Handler(RequestHandler):
-            SUPPORTED_METHODS = ("GET", "POST", "DELETE")
+            SUPPORTED_METHODS = ("GET", "POST", "DELETE", "CONNECT")
+
+            async def connect(self):
+                """A tunnel for https:// through the proxy: bytes both ways, unread."""
+                with server_ref.lock:
+                    server_ref.requests.append(("CONNECT", self.request.uri, dict(self.request.headers), b""))
+                host, _, port = self.request.uri.rpartition(":")
+                upstream = await TCPClient().connect(host, int(port))
+                client = self.request.connection.detach()
+                await client.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+                async def pipe(a, b):
+                    try:
+                        while True:
+                            b.write(await a.read_bytes(65536, partial=True))
+                    except StreamClosedError:
+                        b.close()
+                await asyncio.gather(pipe(client, upstream), pipe(upstream, client))
 
             async def _any(self):
                 with server_ref.lock:
@@ -149,7 +169,7 @@ class LocalServer:
 
         self._loop = asyncio.get_running_loop()
         self._done = asyncio.Event()
-        server = HTTPServer(Application([(r".*", Handler)]))
+        server = HTTPServer(Application([(r".*", Handler)]), ssl_options=self.tls)
         server.add_socket(self.sock)
         self._ready.set()
         await self._done.wait()
@@ -321,10 +341,12 @@ def test_everything_goes_through_the_proxy(server, receiver, tmp_path):
     proxy = server(proxy=True)
     records = make_raw_records(40, deletes=2)
     write_raw_dir(tmp_path / "raw", records)
-    summary = replay_logs(cfg([tmp_path / "raw"], dest_of(receiver), proxy=proxy.url, delete=True))
+    proxy_url = proxy.url.replace("http://", "http://replay:s%40cret@")
+    summary = replay_logs(cfg([tmp_path / "raw"], dest_of(receiver), proxy=proxy_url, delete=True))
     receiver.stop()
     assert (summary.delivered, summary.rejected) == (40, 2)  # the receiver answers DELETE with 405
     assert len(proxy.requests) == 42
+    assert {h.get("Proxy-Authorization") for _, _, h, _ in proxy.requests} == {"Basic cmVwbGF5OnNAY3JldA=="}
     assert all(uri.startswith(receiver.url + "/submit/telemetry/") for _, uri, _, _ in proxy.requests)
     assert pairs(received(receiver.log_path)) == pairs(r for r in records if r.data)
 
@@ -350,6 +372,60 @@ def test_cli_takes_the_proxy_from_the_environment(server, tmp_path, monkeypatch)
     result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest", target.url + "/submit/telemetry/%k"])
     assert result.exit_code == 0, result.output
     assert len(proxy.requests) == 5 == len(target.requests)
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: (server ssl context, CA file)."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    directory = tmp_path_factory.mktemp("tls")
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context, cert_file
+
+
+@pytest.mark.parametrize("through_proxy", [False, True])
+def test_https_destination_with_a_private_ca(server, tmp_path, certificate, through_proxy):
+    context, ca_file = certificate
+    target = server(tls=context)
+    proxy = server(proxy=True) if through_proxy else None
+    records = make_raw_records(15)
+    write_raw_dir(tmp_path / "raw", records)
+    dest = target.url + "/submit/telemetry/%k"
+    summary = replay_logs(cfg([tmp_path / "raw"], dest, ca_file=ca_file, proxy=proxy and proxy.url))
+    assert summary.delivered == 15
+    assert sorted(target.paths()) == sorted(r.path for r in records)
+    assert {body for _, _, _, body in target.requests} == {r.data for r in records}
+    if proxy:
+        assert [m for m, _, _, _ in proxy.requests] == ["CONNECT"] * len(proxy.requests)
+        assert 1 <= len(proxy.requests) <= 8  # connections are tunnelled once and kept alive
+    # Without the CA the certificate is not trusted: every attempt fails, nothing arrives.
+    before = len(target.requests)
+    untrusted = replay_logs(cfg([tmp_path / "raw"], dest, attempts=1, proxy=proxy and proxy.url))
+    assert untrusted.failed == 15 and "CERTIFICATE_VERIFY_FAILED" in untrusted.messages[0]
+    assert len(target.requests) == before
 
 
 # -- responses, retries, failures ----------------------------------------------------------------
