@@ -122,3 +122,12 @@ def test_start_receiver_and_restart_of_dead_worker(tmp_path):
         code = r.stop()
     assert code == 0
     assert f"worker 0 exited pid {old}" in r.output and f"worker 0 started pid {new}" in r.output
+
+
+def test_docs_cover_every_key():
+    from dataclasses import fields
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "receiver.md").read_text()
+    rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
+    assert {f.name for f in fields(ReceiverConfig)} <= rows
