@@ -34,6 +34,8 @@ from converter.revisions import serve_histograms
 @click.option("--level", "compression_preset", type=int, help="Compression level (zst 3, lzma 0 by default).")
 @click.option("--max-file-size", type=int, help="Rotate a layout file past this many uncompressed bytes.")
 @click.option("--max-uncompressed", type=int, help="Largest inflated body in bytes (default 1 MiB).")
+@click.option("--memory-constraint", type=int,
+              help="MiB of unpublished output per worker before layout files are rotated early.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
 def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors: str | None,
                     progress: bool | None, **options) -> None:

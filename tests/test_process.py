@@ -272,3 +272,34 @@ def test_cli_missing_input_and_summary(tmp_path, fixtures_dir, config, fixture_r
     assert "records: 1 read, 1 written, 0 rejected" in ok.output
     assert "MIXED_CONTENT_PAGE_LOAD: 1" in ok.output
     assert [f.path.suffix for f in find_layout_files(tmp_path / "o")] == [".lzma"]
+
+
+def test_docs_cover_every_key_option_and_reason():
+    docs = (Path(__file__).parent.parent / "docs" / "converter.md").read_text()
+    for key in ConverterConfig().to_dict():
+        assert f"`{key}`" in docs, key
+    for param in process_command.params:
+        for opt in param.opts:
+            if opt.startswith("--"):
+                assert opt in docs, opt
+    for reason in REASONS:
+        assert f"| `{reason}` |" in docs, reason
+
+
+def test_histogram_server_command(hist_dir):
+    import requests
+    telemetry = Path(sys.executable).parent / "telemetry"
+    proc = subprocess.Popen([str(telemetry), "histogram-server", "--dir", str(hist_dir), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.rsplit(" ", 1)[-1].strip()
+        assert url.startswith("http://127.0.0.1:"), line
+        got = requests.get(f"{url}/{REPO}/raw-file/{REV}/toolkit/components/telemetry/Histograms.json",
+                           timeout=10)
+        assert got.status_code == 200 and b"A11Y_IATABLE_USAGE_FLAG" in got.content
+        assert requests.get(f"{url}/{REPO}/raw-file/{MISSING}/toolkit/components/telemetry/Histograms.json",
+                            timeout=10).status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
