@@ -209,14 +209,24 @@ def test_filter_that_matches_nothing_gives_empty_output_and_exit_0(tmp_path, lay
     assert out.read_text() == ""
 
 
-def test_filter_prunes_directories_it_does_not_allow(tmp_path, layout):
-    # An unreadable directory that the filter excludes is never entered.
-    data = tmp_path / "data"
-    shutil.copytree(layout, data)
-    (data / "saved_session" / "Fennec" / "release" / "junk.v2.log").write_text("no tab here\n")
-    filter = write_filter(tmp_path / "f.json", appName="Firefox", appUpdateChannel="beta")
-    result, out = run(tmp_path, EXAMPLES / "record_count.py", data, filter)
-    assert result.bad_lines == 0 and result.records > 0
+def test_filter_prunes_directories_it_does_not_allow(tmp_path, layout, monkeypatch):
+    import converter.layout
+
+    visited = []
+    real_walk = os.walk
+
+    def recording_walk(top, *args, **kwargs):
+        for entry in real_walk(top, *args, **kwargs):
+            visited.append(os.path.relpath(entry[0], layout))
+            yield entry
+
+    monkeypatch.setattr(converter.layout.os, "walk", recording_walk)
+    filter = write_filter(tmp_path / "f.json", reason="saved-session", appName="Firefox",
+                          appUpdateChannel=["beta", "nightly"])
+    result, _ = run(tmp_path, EXAMPLES / "record_count.py", layout, filter)
+    assert result.records > 0
+    assert "saved_session/Firefox/beta" in visited
+    assert not [v for v in visited if "Fennec" in v or "idle_daily" in v or "release" in v]
 
 
 # --- bad lines, options --------------------------------------------------------------------
