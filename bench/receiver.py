@@ -10,7 +10,9 @@ receiver's req/s to the naive baseline measured in the same run.
 
 The naive baseline is what one writes first: a ``tornado.web`` handler that
 encodes the record and does write+flush per request, one file per process,
-``fork_processes`` with the same process count (no fsync at all).
+``fork_processes`` with the same process count (no fsync at all).  A second
+baseline, ``naive-rp``, is the same handler with one SO_REUSEPORT socket per
+process, to show how much of the gain is the balanced sockets alone.
 
     bench/receiver.py [--duration 5] [--connections 64] [--workers N] [--python-load]
 """
@@ -45,17 +47,31 @@ PATH = "/submit/telemetry/{n}/saved-session/Firefox/23.0.1/release/2013081406381
 
 # --- the naive baseline server ------------------------------------------------
 
-def naive_server(log_path: str, workers: int) -> None:
-    """One file per process, write+flush per request; announces its port like ours."""
+def naive_server(log_path: str, workers: int, reuse_port: bool) -> None:
+    """One file per process, write+flush per request; announces its port like ours.
+
+    Without ``reuse_port`` the processes share one socket (``fork_processes``,
+    what Tornado's docs show); with it each binds its own SO_REUSEPORT socket,
+    so the kernel balances connections as it does for our receiver.
+    """
     import tornado.ioloop
     import tornado.netutil
     import tornado.process
     import tornado.web
     from tornado.httpserver import HTTPServer
 
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    print(f"listening on http://127.0.0.1:{sockets[0].getsockname()[1]}", flush=True)
+    if reuse_port:
+        reserve = socket.socket()
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind(("127.0.0.1", 0))
+        port = reserve.getsockname()[1]
+    else:
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        port = sockets[0].getsockname()[1]
+    print(f"listening on http://127.0.0.1:{port}", flush=True)
     tornado.process.fork_processes(workers, max_restarts=0)
+    if reuse_port:
+        sockets = tornado.netutil.bind_sockets(port, "127.0.0.1", reuse_port=True)
     name = os.path.join(log_path, f"telemetry.v1.naive.{os.getpid()}.{int(time.time() * 1000)}")
     f = open(name, "ab")
 
@@ -78,9 +94,9 @@ def naive_server(log_path: str, workers: int) -> None:
 
 
 class NaiveHandle:
-    def __init__(self, log_path: str, workers: int):
+    def __init__(self, log_path: str, workers: int, reuse_port: bool):
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--naive-server", log_path, str(workers)],
+            [sys.executable, __file__, "--naive-server", log_path, str(workers), str(int(reuse_port))],
             stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         m = re.match(r"listening on (http://127.0.0.1:(\d+))", line)
@@ -185,8 +201,8 @@ def count_records(log_path: Path) -> tuple[int, int]:
 # --- the run ----------------------------------------------------------------------
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--naive-server":
-        return naive_server(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--naive-server":
+        return naive_server(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=64)
@@ -208,11 +224,11 @@ def main() -> None:
         for body_name, body in bodies.items():
             body_file = work / f"{body_name}.body"
             body_file.write_bytes(body)
-            for server in ("naive", "fsync", "os"):
+            for server in ("naive", "naive-rp", "fsync", "os"):
                 log_path = work / f"{body_name}-{server}"
                 log_path.mkdir()
-                if server == "naive":
-                    handle = NaiveHandle(str(log_path), workers)
+                if server.startswith("naive"):
+                    handle = NaiveHandle(str(log_path), workers, reuse_port=server == "naive-rp")
                 else:
                     handle = start_receiver(ReceiverConfig(port=0, log_path=str(log_path), workers=workers,
                                                            durability=server, motd=""))
@@ -227,14 +243,15 @@ def main() -> None:
                 r["lost"] = max(0, r["ok"] - records)
                 r["log_problems"] = problems
                 results[body_name, server] = r
-                print(f"{body_name:10} {server:6} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                print(f"{body_name:10} {server:8} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
                       f"p99 {r['p99_ms']:7.2f} ms  200s {r['ok']:7d}  lost {r['lost']}  "
                       f"log problems {problems}  {r['socket_errors']}", flush=True)
-            base = results[body_name, "naive"]["rps"]
-            for server in ("fsync", "os"):
-                ratio = results[body_name, server]["rps"] / base
-                print(f"{body_name:10} ratio {server} / naive: {ratio:.2f}x"
-                      + ("  (target >= 1.5x)" if server == "fsync" else ""), flush=True)
+            for baseline in ("naive", "naive-rp"):
+                base = results[body_name, baseline]["rps"]
+                for server in ("fsync", "os"):
+                    ratio = results[body_name, server]["rps"] / base
+                    print(f"{body_name:10} ratio {server} / {baseline}: {ratio:.2f}x"
+                          + ("  (target >= 1.5x)" if server == "fsync" else ""), flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
