@@ -17,8 +17,7 @@ never leaves a half error file behind.
 from __future__ import annotations
 
 import os
-from collections import defaultdict
-from dataclasses import dataclass
+import shutil
 from pathlib import Path
 
 import orjson
@@ -30,17 +29,28 @@ SIDECAR_SUFFIX = ".jsonl"
 RETRIED_SUFFIX = ".retried"
 
 
-@dataclass
 class _Group:
-    records: list[bytes]
-    notes: list[bytes]
-    size: int = 0
+    """One reason's two work files, written as records come."""
+
+    def __init__(self, work_dir: Path, reason: str):
+        self.reason = reason
+        self.records_path = work_dir / f"{reason}{FINISHED_SUFFIX}"
+        self.notes_path = work_dir / f"{reason}{SIDECAR_SUFFIX}"
+        self.records = open(self.records_path, "wb")
+        self.notes = open(self.notes_path, "wb")
+        self.size = 0
+        self.count = 0
+
+    def close(self) -> None:
+        self.records.close()
+        self.notes.close()
 
 
 class ErrorWriter:
-    """Collects one unit's rejected records; :meth:`finish` makes them pending files.
+    """Writes one unit's rejected records into work files; :meth:`finish` makes them pending files.
 
-    Rejections are rare, so they are held in memory until the unit ends.
+    Records go to disk as they come: a raw file whose every record is
+    rejected (a new revision not served yet) must not be held in memory.
     """
 
     def __init__(self, errors_dir: str | os.PathLike, unit_id: str, source: str):
@@ -48,38 +58,39 @@ class ErrorWriter:
         self.work_dir = self.errors_dir / ".work" / unit_id
         self.unit_id = unit_id
         self.source = source
-        self._groups: dict[str, _Group] = defaultdict(lambda: _Group([], []))
+        self._groups: dict[str, _Group] = {}
 
     def add(self, record: Record, reason: str, message: str) -> None:
-        group = self._groups[reason]
+        group = self._groups.get(reason)
+        if group is None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+            group = self._groups[reason] = _Group(self.work_dir, reason)
         raw = encode_record(record.path, record.data, record.timestamp, record.ip or "")
         note = {"reason": reason, "message": message, "path": record.path,
                 "timestamp": record.timestamp, "ip": record.ip or None, "source": self.source,
                 "source_offset": record.offset, "offset": group.size, "length": len(raw)}
-        group.records.append(raw)
-        group.notes.append(orjson.dumps(note) + b"\n")
+        group.records.write(raw)
+        group.notes.write(orjson.dumps(note) + b"\n")
         group.size += len(raw)
+        group.count += 1
 
     @property
     def count(self) -> int:
-        return sum(len(g.records) for g in self._groups.values())
+        return sum(g.count for g in self._groups.values())
 
     def finish(self) -> list[Pending]:
-        """Write each reason's records and notes into the work directory, to be published with the unit."""
+        """Close the work files; they are published with the unit's layout files."""
         pending = []
-        if not self._groups:
-            return pending
-        self.work_dir.mkdir(parents=True, exist_ok=True)
         for reason, group in sorted(self._groups.items()):
-            base = f"{self.unit_id}.v2"
-            for suffix, chunks in ((FINISHED_SUFFIX, group.records), (SIDECAR_SUFFIX, group.notes)):
-                src = self.work_dir / f"{reason}{suffix}"
-                src.write_bytes(b"".join(chunks))
-                pending.append(Pending(str(src), str(self.errors_dir / reason / f"{base}{suffix}")))
+            group.close()
+            base = self.errors_dir / reason / f"{self.unit_id}.v2"
+            pending.append(Pending(str(group.records_path), f"{base}{FINISHED_SUFFIX}"))
+            pending.append(Pending(str(group.notes_path), f"{base}{SIDECAR_SUFFIX}"))
         return pending
 
     def abort(self) -> None:
-        import shutil
+        for group in self._groups.values():
+            group.close()
         shutil.rmtree(self.work_dir, ignore_errors=True)
 
 

@@ -452,7 +452,14 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
     summary = ProcessSummary()
     try:
         drops, _ = dedup_drops(sources) if config.dedup else ({}, 0)
-        units = [Unit(str(p), unit_id(p), drops.get(str(p), frozenset())) for p in sources]
+        units, seen = [], set()
+        for p in sources:
+            unit = Unit(str(p), unit_id(p), drops.get(str(p), frozenset()))
+            if unit.unit_id in seen:  # the same content twice in one run: convert it once
+                summary.add(UnitResult(unit.source, unit.unit_id, status="skipped"))
+                continue
+            seen.add(unit.unit_id)
+            units.append(unit)
         sizes = {u.source: os.path.getsize(u.source) for u in units}
         bar = _progress_bar(sum(sizes.values()), progress)
 

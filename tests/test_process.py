@@ -303,3 +303,13 @@ def test_histogram_server_command(hist_dir):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_same_content_twice_in_one_run_is_converted_once(config, fixture_raw, tmp_path):
+    copies = [tmp_path / f"copy{i}" for i in range(3)]
+    for c in copies:
+        shutil.copy(fixture_raw, c)
+    config.workers = 2
+    summary = process(config, copies)
+    assert summary.files == 3 and summary.files_skipped == 2 and summary.records_out == 1
+    assert len(_records(config.output)) == 1
