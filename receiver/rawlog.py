@@ -212,7 +212,7 @@ def _decode(buf, pos: int, version: int, size: int, strict: bool):
     if h is None:
         return None
     hsize, ip_len, path_len, data_len, ts, end = h
-    if end > size or path_len == 0:
+    if end > size or (strict and path_len == 0):
         return None
     start = pos + hsize
     try:

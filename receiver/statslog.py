@@ -37,6 +37,13 @@ class StatsLog:
         except OSError:
             pass  # the stats log is best effort: never fail a submission over it
 
+    def reopen(self) -> None:
+        """Write out what is buffered and open the file again (after logrotate moved it)."""
+        self.flush()
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+
     def close(self) -> None:
         self.flush()
         if self._fd is not None:

@@ -11,6 +11,8 @@ that dies wait for its replacement.  When a worker dies, the raw log it was writ
 waits forever, and a new worker takes its slot (with a back-off if workers
 keep dying at start-up).  SIGTERM/SIGINT is passed on to the workers, which
 finish their in-flight requests and their files; the supervisor exits 0.
+SIGHUP is passed on too: workers finish their raw logs and reopen the stats
+log.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from receiver.worker import run_worker
 
 POLL_SECONDS = 0.05
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+_BLOCKED = _STOP_SIGNALS | {signal.SIGHUP}
 
 
 def _die_with_parent(parent: int) -> None:
@@ -131,9 +134,10 @@ class Supervisor:
         self.backoff = [0.0] * self.n
         self.restart_at: dict[int, float] = {}  # slot -> when
         self.stop_requested = False
+        self.hangup = False
 
     def run(self) -> int:
-        old = {s: signal.signal(s, self._on_signal) for s in _STOP_SIGNALS}
+        old = {s: signal.signal(s, self._on_signal) for s in _BLOCKED}
         try:
             for slot in range(self.n):
                 self._spawn(slot)
@@ -141,6 +145,9 @@ class Supervisor:
             while True:
                 self._reap()
                 now = time.monotonic()
+                if self.hangup:
+                    self.hangup = False
+                    self._signal_all(signal.SIGHUP)
                 if self.stop_requested and deadline is None:
                     deadline = now + self.config.shutdown_timeout + 5
                     self.restart_at.clear()
@@ -164,7 +171,10 @@ class Supervisor:
         return 0
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_requested = True
+        if signum == signal.SIGHUP:
+            self.hangup = True
+        else:
+            self.stop_requested = True
 
     def _signal_all(self, sig: int) -> None:
         for pid in list(self.children):
@@ -177,7 +187,7 @@ class Supervisor:
         self.out.flush()
         self.err.flush()
         # Signals wait until the child has dropped the supervisor's handlers.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the worker
@@ -185,7 +195,8 @@ class Supervisor:
             try:
                 for sig in _STOP_SIGNALS:
                     signal.signal(sig, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
                 _die_with_parent(parent)
                 for i, other in enumerate(self.socks):
                     if i != slot:
@@ -197,7 +208,7 @@ class Supervisor:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _BLOCKED)
         self.children[pid] = slot
         self.started[slot] = time.monotonic()
         print(f"worker {slot} started pid {pid}", file=self.out, flush=True)

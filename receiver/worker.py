@@ -2,7 +2,8 @@
 
 The supervisor forks workers after binding the listening socket; each worker
 builds its own writer (its own raw log, named with its pid), metrics slot and
-stats log, and serves until SIGTERM/SIGINT.  Shutdown stops accepting,
+stats log, and serves until SIGTERM/SIGINT.  SIGHUP finishes the current
+raw log at once and reopens the stats log.  Shutdown stops accepting,
 lets in-flight requests finish (up to ``shutdown_timeout``), closes the
 remaining connections and finishes its raw log.
 """
@@ -42,6 +43,7 @@ def run_worker(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots 
     """Serve on ``sock`` until SIGTERM/SIGINT; returns the process exit code."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
     return asyncio.run(_serve(config, sock, shared, slot))
 
 
@@ -53,6 +55,7 @@ async def _serve(config: ReceiverConfig, sock: socket.socket, shared: SharedSlot
     metrics = Metrics(shared, slot)
     writer = make_writer(config, metrics)
     stats = StatsLog(config.stats_log_file) if config.stats_log_file else None
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(_on_hangup(writer, stats)))
     app = make_app(config, writer, metrics, stats)
     server = await start_server(app, sock)
     ticker = loop.create_task(_tick(config, writer, metrics, stats))
@@ -67,6 +70,19 @@ async def _serve(config: ReceiverConfig, sock: socket.socket, shared: SharedSlot
         stats.close()
     metrics.publish()
     return 0
+
+
+async def _on_hangup(writer: LogWriter, stats: StatsLog | None) -> None:
+    """SIGHUP: finish the current raw log now and reopen the stats log (for logrotate)."""
+    if stats is not None:
+        try:
+            stats.reopen()
+        except OSError as e:
+            log.error("cannot reopen the stats log: %s", e)
+    try:
+        await writer.rotate()
+    except OSError as e:
+        log.error("cannot finish the raw log: %s", e)
 
 
 async def start_server(app: ReceiverApp, sock: socket.socket) -> FastServer | HTTPServer:

@@ -201,3 +201,12 @@ def test_non_ascii_forwarded_ip_is_still_a_record(tmp_path):
     records, stats = _read(path)
     assert [r.path for r in records] == ["a", "b"]
     assert records[0].ip == "caf\u00e9, 10.0.0.1" and stats.skipped_bytes == 0
+
+
+def test_empty_path_record_is_read(tmp_path):
+    # The original server stored whatever followed the prefix, even nothing.
+    path = tmp_path / "e.v1.h.1.2"
+    path.write_bytes(encode_record("", b"body", TS) + encode_record("next", b"2", TS))
+    records, stats = _read(path)
+    assert [(r.path, r.data) for r in records] == [("", b"body"), ("next", b"2")]
+    assert not stats.errors

@@ -249,3 +249,44 @@ def test_group_commit_shares_fsyncs(tmp_path):
     assert snap["records"] == 200
     assert snap["batches"] < 200  # many records per fsync
     assert len(all_records(tmp_path)) == 200
+
+
+def test_sighup_finishes_files_and_reopens_stats_log(tmp_path):
+    stats = tmp_path / "stats.log"
+    with start_receiver(_config(tmp_path, workers=2, stats_log_file=str(stats))) as r:
+        for i in range(4):
+            conn = http.client.HTTPConnection(r.host, r.port, timeout=10)
+            conn.request("POST", f"{PREFIX}hup-{i}", body=b"x")
+            assert conn.getresponse().status == 200
+            conn.close()
+        pids = r.worker_pids()
+        moved = tmp_path / "stats.log.1"
+        stats.rename(moved)
+        r.process.send_signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while time.time() < deadline and not (
+                stats.exists() and all(p.name.endswith(FINISHED_SUFFIX) for p in r.log_path.iterdir())):
+            time.sleep(0.05)
+        assert_all_finished(r.log_path)  # finished while still running
+        assert stats.exists()
+        assert len(moved.read_bytes().splitlines()) == 4  # buffered lines went to the old file
+        assert r.worker_pids() == pids  # no worker was restarted
+        conn = http.client.HTTPConnection(r.host, r.port, timeout=10)
+        conn.request("POST", f"{PREFIX}after-hup", body=b"y")
+        assert conn.getresponse().status == 200
+    assert len(all_records(r.log_path)) == 5
+    assert b"after-hup" in stats.read_bytes()
+
+
+def test_metrics_add_up_over_workers(tmp_path):
+    import requests
+
+    with start_receiver(_config(tmp_path, workers=2)) as r:
+        for i in range(20):
+            assert requests.post(r.submit_url(f"m-{i}"), data=b"abc", timeout=10).status_code == 200
+        time.sleep(0.6)  # workers publish every 250 ms
+        text = requests.get(r.url + "/metrics", timeout=10).text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    assert float(values["receiver_stored_records_total"]) == 20
+    assert float(values['receiver_requests_total{code="200"}']) == 20
+    assert len({int(p.name.split(".")[-3]) for p in r.log_path.iterdir()}) == 2  # both workers took some
