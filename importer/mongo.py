@@ -214,10 +214,10 @@ def validate_url(url: str) -> None:
 
 def connect(url: str, timeout_ms: int = 3000, **options) -> pymongo.MongoClient:
     """A client that has answered ``ping``; a bad URI or a silent server is a :class:`MongoUnavailable`."""
-    validate_url(url)
+    given = {k.lower() for k in parse_uri(url)["options"]} if _valid(url) else set()
+    timeouts = {k: timeout_ms for k in ("serverSelectionTimeoutMS", "connectTimeoutMS") if k.lower() not in given}
     try:
-        client = pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                                     **options)
+        client = pymongo.MongoClient(url, **timeouts, **options)
     except (InvalidURI, ConfigurationError, ValueError, TypeError) as e:
         raise MongoUnavailable(f"bad MongoDB URI {redact(url)!r}: {e}") from None
     try:
@@ -227,6 +227,11 @@ def connect(url: str, timeout_ms: int = 3000, **options) -> pymongo.MongoClient:
         reason = str(e).split(",")[0].split(" (configured")[0]
         raise MongoUnavailable(f"cannot reach MongoDB at {redact(url)}: {reason}") from None
     return client
+
+
+def _valid(url: str) -> bool:
+    validate_url(url)
+    return True
 
 
 def redact(url: str) -> str:

@@ -1,0 +1,198 @@
+"""The importer against the embedded server: real files, real writes, reruns and a killed run."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from converter.layout import find_layout_files, read_layout_file
+from converter.synthetic import make_records, write_layout
+from importer.cli import import_
+from importer.document import DOT, make_document, redot, undot
+from importer.importer import ImportOptions, create_indexes, import_dataset, make_chunks
+
+NAMES = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
+
+
+def expected_documents(base: Path) -> dict[str, dict]:
+    """What the importer should store, computed independently from the layout files."""
+    docs = {}
+    for lf in find_layout_files(base):
+        for _, doc_id, text in read_layout_file(lf.path):
+            payload = orjson.loads(text)
+            for section in ("slowSQL", "slowSQLStartup", "addonDetails", "addonHistograms"):
+                if isinstance(payload.get(section), dict):
+                    payload[section] = undot(payload[section])
+            payload["_id"] = doc_id
+            payload["meta"] = {**dict(zip(NAMES, lf.dimensions)), "file": lf.relpath}
+            docs[doc_id] = payload
+    return docs
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("layout")
+    write_layout(base, make_records(2000, seed=11, payload_kb=1))
+    return base
+
+
+def _options(db, **kw) -> ImportOptions:
+    return ImportOptions(database=db.name, **kw)
+
+
+def test_fixture_files_import_with_dimensions_and_dots(fixtures_dir, mongo_url, mongo_db):
+    base = fixtures_dir / "converted"
+    summary = import_dataset(base, mongo_url, _options(mongo_db))
+    assert summary.ok and summary.files == 2 and summary.records == 5 and summary.inserted == 5
+    expected = expected_documents(base)
+    stored = {d["_id"]: d for d in mongo_db.payloads.find()}
+    assert stored == expected
+    doc = stored["024b73d7-2e26-4545-8077-1cc930904eae"]
+    assert doc["meta"]["reason"] == "saved_session" and doc["meta"]["appVersion"] == "22.0a1"
+    assert doc["meta"]["submission_date"] == "20131011"
+    assert doc["meta"]["file"].endswith("e28a4032eb744f089a1828ac7399e5d8.lzma")
+    dotted = [k for d in stored.values() for section in ("slowSQL", "addonDetails")
+              for sub in d.get(section, {}).values() if isinstance(sub, dict) for k in sub]
+    assert dotted and not any("." in k for k in dotted)
+    assert any(DOT in k for k in dotted)
+    indexed = {tuple(ix["key"].keys())[0] for ix in mongo_db.payloads.list_indexes()}
+    assert {f"meta.{n}" for n in NAMES} <= indexed
+
+
+def test_generated_layout_then_rerun_doubles_nothing(generated, mongo_url, mongo_db):
+    expected = expected_documents(generated)
+    first = import_dataset(generated, mongo_url, _options(mongo_db, batch_size=200))
+    assert first.ok and first.records == 2000 and first.inserted == 2000 and first.duplicates == 0
+    stored = {d["_id"]: d for d in mongo_db.payloads.find()}
+    assert stored == expected
+    assert any(DOT in k for d in stored.values() for k in d["addonDetails"]["XPI"])
+    second = import_dataset(generated, mongo_url, _options(mongo_db))
+    assert second.files_skipped == second.files == first.files and second.records == 0
+    assert mongo_db.payloads.count_documents({}) == 2000
+    assert mongo_db.imports.count_documents({"state": "done"}) == first.files
+
+
+def test_keep_dots_and_workers(generated, mongo_url, mongo_db):
+    summary = import_dataset(generated, mongo_url, _options(mongo_db, keep_dots=True, workers=2))
+    assert summary.ok and summary.inserted == 2000
+    doc = mongo_db.payloads.find_one({"addonDetails.XPI": {"$exists": True}})
+    keys = list(doc["addonDetails"]["XPI"])
+    assert all("@example.com" in k and DOT not in k for k in keys)
+
+
+@pytest.mark.parametrize("mode, inserted, duplicates", [("skip", 1, 1), ("replace", 1, 1)])
+def test_duplicate_doc_ids_are_counted(tmp_path, mongo_url, mongo_db, mode, inserted, duplicates):
+    (record,) = make_records(1, seed=5)
+    write_layout(tmp_path, [record])
+    changed = type(record)(record.doc_id, record.dimensions, {**record.payload, "ver": 99})
+    write_layout(tmp_path, [changed])  # a second published file with the same docId
+    summary = import_dataset(tmp_path, mongo_url, _options(mongo_db, on_duplicate=mode))
+    assert summary.ok and summary.records == 2
+    assert (summary.inserted, summary.duplicates) == (inserted, duplicates)
+    assert mongo_db.payloads.count_documents({}) == 1
+
+
+def test_replace_overwrites_and_drop_starts_over(tmp_path, mongo_url, mongo_db):
+    records = make_records(20, seed=8)
+    write_layout(tmp_path, records)
+    import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    mongo_db.payloads.update_many({}, {"$set": {"ver": -1}})
+    again = import_dataset(tmp_path, mongo_url, _options(mongo_db, drop=True))
+    assert again.files_skipped == 0 and again.inserted == 20
+    assert mongo_db.payloads.count_documents({"ver": 2}) == 20
+
+
+def test_corrupt_file_is_reported_and_the_rest_goes_on(tmp_path, mongo_url, mongo_db):
+    files = write_layout(tmp_path, make_records(40, seed=2))
+    broken = files[0]
+    broken.write_bytes(b"\x28\xb5\x2f\xfd" + b"garbage!" * 20)  # zstd magic, then nonsense
+    summary = import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    assert [path for path, _ in summary.failed] == [broken.relative_to(tmp_path).as_posix()]
+    assert broken.name in summary.failed[0][1]
+    good = sum(1 for f in files[1:] for _ in read_layout_file(f))
+    assert mongo_db.payloads.count_documents({}) == good
+    result = CliRunner().invoke(import_, [str(tmp_path), "-d", mongo_db.name, "--mongo-url", mongo_url])
+    assert result.exit_code == 1
+    assert "failed:" in result.output and broken.name in result.output
+
+
+def test_bad_lines_are_counted_not_fatal(tmp_path, mongo_url, mongo_db):
+    path = tmp_path / "saved_session/Firefox/release/23.0/20130101000000.20131101.v2.log"
+    path.parent.mkdir(parents=True)
+    path.write_text('a\t{"ver":2}\nno tab here\nb\tnot json\nc\t[1,2]\n')
+    summary = import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    assert summary.ok and summary.inserted == 2 and summary.bad_records == 2
+    assert mongo_db.payloads.find_one({"_id": "c"})["payload"] == [1, 2]
+
+
+def test_interrupted_import_resumes_without_duplicates(generated, tmp_path, mongo_url, mongo_db):
+    """SIGKILL ``python -m importer`` mid-way, rerun it: every record is there exactly once."""
+    cmd = [sys.executable, "-m", "importer", str(generated), "-d", mongo_db.name, "--mongo-url", mongo_url,
+           "--batch-size", "25", "--workers", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=Path(__file__).parent.parent)
+    deadline = time.monotonic() + 60
+    try:
+        while mongo_db.payloads.estimated_document_count() < 100 and time.monotonic() < deadline:
+            assert proc.poll() is None, "the import finished before it could be interrupted"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    partial = mongo_db.payloads.count_documents({})
+    assert 0 < partial < 2000
+    assert mongo_db.imports.count_documents({"state": "started"}) > 0
+    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "0 duplicates" in rerun.stdout
+    ids = [d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})]
+    assert len(ids) == len(set(ids)) == 2000
+    assert set(ids) == set(expected_documents(generated))
+    assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--mongo-url", "notmongo://x"], "bad MongoDB URI"),
+    (["--mongo-url", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"], "cannot reach MongoDB"),
+    (["--mongo-url", "mongodb://user:secret@127.0.0.1:1/?serverSelectionTimeoutMS=300"], "user:***@"),
+])
+def test_connection_errors_are_one_line_exit_2(fixtures_dir, args, message):
+    result = CliRunner().invoke(import_, [str(fixtures_dir / "converted"), *args])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0]
+    assert "secret" not in result.output and "Traceback" not in result.output
+
+
+def test_missing_dataset_dir_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "importer", str(tmp_path / "nope")], capture_output=True,
+                          text=True, cwd=Path(__file__).parent.parent, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"Error: dataset directory {tmp_path / 'nope'} does not exist"]
+
+
+def test_documents_and_chunks_unit(tmp_path):
+    doc = make_document("id1", '{"slowSQL":{"main":{"a.b":1}},"addonDetails":{"XPI":{"x@y.z":{"k.l":2}}},'
+                               '"meta":{"m":1},"other":{"c.d":3}}', {"reason": "r"})
+    assert doc["slowSQL"] == {"main": {"a[dot]b": 1}}
+    assert doc["addonDetails"] == {"XPI": {"x@y[dot]z": {"k[dot]l": 2}}}
+    assert doc["other"] == {"c.d": 3} and doc["payload_meta"] == {"m": 1} and doc["meta"] == {"reason": "r"}
+    assert redot(doc["addonDetails"]) == {"XPI": {"x@y.z": {"k.l": 2}}}
+    files = write_layout(tmp_path, make_records(30, seed=1), records_per_file=2)
+    found = find_layout_files(tmp_path)
+    chunks = make_chunks(found, max_bytes=10**9, max_files=4)
+    assert sorted(f.relpath for c in chunks for f in c) == [f.relpath for f in found]
+    assert all(len(c) <= 4 for c in chunks) and len(files) == len(found)
+
+
+def test_create_indexes_is_idempotent(mongo_db):
+    mongo_db.payloads.insert_one({"_id": "x"})
+    first = create_indexes(mongo_db.payloads, NAMES)
+    assert create_indexes(mongo_db.payloads, NAMES) == first
