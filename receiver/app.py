@@ -190,12 +190,9 @@ class _Exchange(httputil.HTTPMessageDelegate):
         cl = headers.get("Content-Length")
         length = None
         if cl is not None:
-            try:
-                length = int(cl)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
+            if not cl.strip().isdigit():
                 return self.respond(400, "Invalid Content-Length", close=True)
+            length = int(cl)
         self.code, early, self.detail = app.classify(start_line.method, self.uri, length)
         if early:
             return self.respond(self.code, close=True)

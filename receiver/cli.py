@@ -37,6 +37,9 @@ from receiver.rawlog import RawLogError, RawLogReader, ReadStats
 @click.option("--url-prefix", help="Submission URL prefix (default /submit/telemetry/).")
 @click.option("--metrics/--no-metrics", default=None, help="Serve GET /metrics.")
 @click.option("--shutdown-timeout", type=float, help="Seconds to let in-flight requests finish at shutdown.")
+@click.option("--idle-connection-timeout", type=float, help="Close connections idle this many seconds.")
+@click.option("--stats-flush-ms", type=int, help="How often the stats log is written out.")
+@click.option("--hostname", help="Host name used in raw-log file names.")
 @click.option("--motd", help="Message printed at start-up.")
 def serve_command(config_path: str | None, **options) -> None:
     """Run the receiver: accept submissions and write them to raw logs."""

@@ -131,3 +131,10 @@ def test_docs_cover_every_key():
     doc = (Path(__file__).parent.parent / "docs" / "receiver.md").read_text()
     rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
     assert {f.name for f in fields(ReceiverConfig)} <= rows
+
+
+def test_every_key_has_a_command_line_option():
+    from dataclasses import fields
+
+    options = {p.name for p in serve_command.params}
+    assert {f.name for f in fields(ReceiverConfig)} <= options
