@@ -215,7 +215,9 @@ def export_layout(config: ExportConfig, stop: threading.Event | None = None,
             _export_pass(client, config, todo, stop, opener, summary, lock, done)
         if config.loop is None:
             break
-        stop.wait(config.loop)
+        _pause(config.loop, stop)
+    if stop.is_set():
+        log.warning("stopped: the files in flight were finished")
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -365,10 +367,25 @@ def _after_upload(config: ExportConfig, path: Path) -> None:
         raise ExportError(f"{path}: uploaded and verified, but cannot {config.after_upload} it: {e}") from None
 
 
+def _pause(seconds: float, stop: threading.Event) -> None:
+    """Sleep until ``seconds`` pass or ``stop`` is set.
+
+    Polls instead of ``stop.wait()``: a signal handler that sets the event
+    while this thread is inside ``Event.wait`` would deadlock on the event's
+    own lock.
+    """
+    end = time.monotonic() + seconds
+    while not stop.is_set() and time.monotonic() < end:
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+
 def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT end the loop after the files in flight."""
+    """SIGTERM and SIGINT end the loop after the files in flight.
+
+    The handler only sets the event: the main thread never blocks on the
+    event's lock, and logging from a handler can hit a half-written stream.
+    """
     def handler(signum, frame):
-        log.warning("signal %d: finishing the files in flight, then exiting", signum)
         stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)

@@ -530,9 +530,14 @@ async def _replay(config: ReplayConfig, state: ReplayState, stop: threading.Even
             for source in source_files(config.sources):
                 if stop.is_set():
                     break
-                if source.stat().st_size <= state.offset(source):
-                    continue
-                await _replay_file(source, config, state, sender, stop, summary, bar)
+                try:
+                    if source.stat().st_size <= state.offset(source):
+                        continue
+                    await _replay_file(source, config, state, sender, stop, summary, bar)
+                except FileNotFoundError:
+                    # Moved away or cleaned up between listing and reading: not ours to worry about.
+                    log.warning("%s disappeared before it was read", source)
+                    summary.note(f"{source}: disappeared before it was read")
             if not config.follow:
                 break
             await _pause(config.poll, stop)
@@ -652,9 +657,12 @@ def _count(outcome: Outcome, summary: ReplaySummary) -> None:
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
-    """SIGTERM and SIGINT stop reading; requests in flight finish and the state is saved."""
+    """SIGTERM and SIGINT stop reading; requests in flight finish and the state is saved.
+
+    The handler only sets the event (the main thread only ever calls
+    ``is_set``, so it cannot be holding the event's lock).
+    """
     def handler(signum, frame):
-        log.warning("signal %d: finishing the requests in flight, then exiting", signum)
         stop.set()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handler)

@@ -196,12 +196,15 @@ def test_cli_loop_exits_zero_on_sigterm(s3, s3_endpoint, layout):
                              "--endpoint-url", s3_endpoint, "--loop", "0.1", "--prefix", "p"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120
         while len(bucket_objects(s3)) < len(files) and time.monotonic() < deadline:
             time.sleep(0.1)
+        uploaded_while_looping = len(bucket_objects(s3))
+        time.sleep(0.3)  # into the next pass or pause
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
+    assert uploaded_while_looping == len(files)
     assert proc.returncode == 0, err
     assert set(bucket_objects(s3)) == {f"p/{rel}" for rel in files}
     assert f"{len(files)} uploaded" in err
