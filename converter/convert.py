@@ -259,30 +259,32 @@ class Converter:
             raise RecordError("missing_revision", f"revision {revision}: {e}") from None
 
     def _table(self, histograms: Histograms, tables: dict, name: str) -> _Table | None:
-        try:
-            table = tables[name]
-        except KeyError:
+        table = tables.get(name, _UNSEEN)
+        if table is _UNSEEN:
             try:
                 definition = histograms.get(name)
                 table = None if definition is None else _Table(definition.buckets)
             except HistogramError as e:
                 table = e
             tables[name] = table
-        if isinstance(table, HistogramError):
-            raise RecordError("unknown_histogram", f"histogram {name}: unusable definition: {table}")
-        return table
+        if table.__class__ is _Table or table is None:
+            return table
+        raise RecordError("unknown_histogram", f"histogram {name}: unusable definition: {table}")
 
     def convert_histograms(self, revision: str, histograms: dict) -> tuple[dict, dict]:
         """``(converted, unknown)``: arrays for defined names, the rest as sent."""
         defs, tables = self._revision_tables(revision)
         converted: dict[str, list] = {}
         unknown: dict[str, Any] = {}
+        get_table = tables.get
         for name, hist in histograms.items():
-            table = self._table(defs, tables, name)
-            if table is None:
-                unknown[name] = hist
-            else:
-                converted[name] = _convert_one(name, table, hist)
+            table = get_table(name)
+            if table.__class__ is not _Table:
+                table = self._table(defs, tables, name)
+                if table is None:
+                    unknown[name] = hist
+                    continue
+            converted[name] = _convert_one(name, table, hist)
         return converted, unknown
 
     def convert_keyed(self, revision: str, keyed: dict) -> tuple[dict, dict]:
@@ -302,6 +304,8 @@ class Converter:
 
 
 _INT_ONLY = frozenset((int,))
+_ABSENT = (-1,) * len(STATISTICS)
+_UNSEEN = object()
 
 
 def _convert_one(name: str, table: _Table, hist: Any) -> list:
@@ -322,9 +326,7 @@ def _convert_one(name: str, table: _Table, hist: Any) -> list:
     if not _INT_ONLY.issuperset(map(type, values.values())):
         bad = next(c for c in values.values() if type(c) is not int)
         raise RecordError("invalid_bucket", f"histogram {name}: count {str(bad)[:40]!r} is not an integer")
-    get = hist.get
-    out += (get("sum", -1), get("log_sum", -1), get("log_sum_squares", -1),
-            get("sum_squares_lo", -1), get("sum_squares_hi", -1))
+    out += map(hist.get, STATISTICS, _ABSENT)
     return out
 
 
