@@ -101,9 +101,9 @@ def _config(tmp_path, **kw):
     return ReceiverConfig(port=0, log_path=str(tmp_path / "logs"), motd="", **kw)
 
 
-@pytest.mark.parametrize("run", range(3))
-def test_sigkill_worker_under_load_loses_nothing(tmp_path, run):
-    with start_receiver(_config(tmp_path, workers=2)) as r:
+@pytest.mark.parametrize("run, front", [(0, "fast"), (1, "fast"), (2, "fast"), (3, "tornado")])
+def test_sigkill_worker_under_load_loses_nothing(tmp_path, run, front):
+    with start_receiver(_config(tmp_path, workers=2, http_server=front)) as r:
         with Load(r.host, r.port) as load:
             killed = []
             for _ in range(2):
@@ -125,14 +125,14 @@ def test_sigkill_worker_under_load_loses_nothing(tmp_path, run):
     assert set(killed) <= pids
 
 
-def test_sigterm_with_requests_in_flight(tmp_path):
-    with start_receiver(_config(tmp_path, workers=2)) as r:
+@pytest.mark.parametrize("front", ["fast", "tornado"])
+def test_sigterm_with_requests_in_flight(tmp_path, front):
+    with start_receiver(_config(tmp_path, workers=2, http_server=front)) as r:
         # A request whose body is still coming when SIGTERM arrives.
         slow = socket.create_connection((r.host, r.port), timeout=10)
         slow.sendall(b"POST /submit/telemetry/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
         with Load(r.host, r.port, threads=4) as load:
-            time.sleep(0.5)
-            time.sleep(0.2)
+            time.sleep(0.7)
             r.process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             slow.sendall(b"67890")
