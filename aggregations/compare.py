@@ -158,7 +158,7 @@ def compare(name: str, collection, /, data_dir: Path, schema: Schema, filter_pat
 def same(a: Any, b: Any, rel_tol: float = REL_TOL) -> bool:
     """Equal, with numbers compared within ``rel_tol`` and lists element by element."""
     if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return a == b or math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
     if isinstance(a, list) and isinstance(b, list):
