@@ -79,10 +79,11 @@ class JobResult:
     downloaded: list[str] = field(default_factory=list)   # S3 keys fetched in this run
     cached: list[str] = field(default_factory=list)       # S3 keys already in the cache
     seconds: float = 0.0
+    cpu_seconds: float = 0.0                              # used by the map and reduce tasks
 
     def summary(self) -> str:
         text = (f"{self.records} records from {self.files} files ({self.bytes / 1e6:.1f} MB) "
-                f"in {self.seconds:.2f}s with {self.mappers} mappers and {self.reducers} reducers; "
+                f"in {self.seconds:.2f}s ({self.cpu_seconds:.2f}s CPU in tasks) with {self.mappers} mappers and {self.reducers} reducers; "
                 f"{self.output_records} output records in {self.output}")
         if self.downloaded or self.cached:
             text += f"; {len(self.downloaded)} files downloaded, {len(self.cached)} already cached"
@@ -221,6 +222,7 @@ def run_job(config: JobConfig, log=None) -> JobResult:
 
 
 def _tally(result: JobResult, maps: list[MapResult], reduces: list[ReduceResult]) -> None:
+    result.cpu_seconds = sum(t.cpu_seconds for t in [*maps, *reduces])
     for m in maps:
         result.records += m.records
         result.bad_lines += m.bad_lines

@@ -56,6 +56,7 @@ class MapResult:
     bad_lines: int = 0
     bad_examples: list[str] = field(default_factory=list)
     pairs: int = 0
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ReduceResult:
     keys: int = 0
     records: int = 0
     spills: int = 0
+    cpu_seconds: float = 0.0
 
 
 # Slots of the progress array a task updates as it goes, so the parent can show a

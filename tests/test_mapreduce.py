@@ -81,7 +81,7 @@ def test_os_distribution_on_the_original_published_files(tmp_path, fixtures_dir)
     result, out = run(tmp_path, EXAMPLES / "os_distribution.py", fixtures_dir / "converted")
     assert lines(out) == sorted(f"{os_}\t{n}" for os_, n in expected.items())
     assert result.records == sum(expected.values()) == 5
-    assert result.files == 2 and result.bad_lines == 0
+    assert result.files == 2 and result.bad_lines == 0 and result.cpu_seconds > 0
 
 
 @pytest.mark.parametrize("mappers,reducers", [(1, 1), (3, 1), (1, 3), (3, 3)])
