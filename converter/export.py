@@ -182,7 +182,7 @@ def already_present(head: dict | None, fp: Fingerprint) -> bool:
 
 def make_client(config: ExportConfig):
     """An S3 client from boto3's usual credential chain, retrying throttling and network errors."""
-    boto_config = BotoConfig(retries={"max_attempts": config.request_attempts, "mode": "standard"},
+    boto_config = BotoConfig(retries={"total_max_attempts": config.request_attempts, "mode": "standard"},
                              max_pool_connections=max(10, config.workers * 4))
     return boto3.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 

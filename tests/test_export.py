@@ -254,3 +254,89 @@ def test_docs_cover_every_option():
         for opt in param.opts + param.secondary_opts:
             if opt.startswith("--"):
                 assert opt in text, f"{opt} is not documented"
+
+
+class ThrottlingFront:
+    """A reverse proxy in front of moto that answers 503 SlowDown to the first PUT of every key."""
+
+    def __init__(self, upstream: str):
+        import asyncio
+        import socket
+
+        self.upstream = upstream
+        self.throttled: list[str] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    async def _main(self):
+        import asyncio
+
+        from tornado.httpclient import AsyncHTTPClient
+        from tornado.httpserver import HTTPServer
+        from tornado.web import Application, RequestHandler
+
+        front = self
+
+        class Handler(RequestHandler):
+            SUPPORTED_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE")
+
+            async def _any(self):
+                key = self.request.path
+                if self.request.method == "PUT" and key not in front.throttled:
+                    front.throttled.append(key)
+                    self.set_status(503)
+                    self.set_header("Content-Type", "application/xml")
+                    self.finish("<Error><Code>SlowDown</Code><Message>Please reduce your request rate."
+                                "</Message></Error>")
+                    return
+                response = await AsyncHTTPClient().fetch(
+                    front.upstream + self.request.uri, method=self.request.method,
+                    headers=self.request.headers, raise_error=False, decompress_response=False,
+                    body=self.request.body if self.request.method in ("PUT", "POST") else None,
+                    allow_nonstandard_methods=True)
+                self.set_status(response.code)
+                for name, value in response.headers.get_all():
+                    if name.lower() not in ("transfer-encoding", "connection") and (
+                            name.lower() != "content-length" or self.request.method == "HEAD"):
+                        self.add_header(name, value)
+                self.finish(response.body if self.request.method != "HEAD" else None)
+
+            get = head = put = post = delete = _any
+
+            def check_xsrf_cookie(self):
+                pass
+
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        server = HTTPServer(Application([(r".*", Handler)]), max_body_size=64 * MiB)
+        server.add_socket(self.sock)
+        self._ready.set()
+        await self._done.wait()
+        server.stop()
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._done.set)
+        self._thread.join(10)
+        self.sock.close()
+
+
+@pytest.mark.parametrize("request_attempts", [1, 5])
+def test_throttling_is_retried(s3, s3_endpoint, layout, request_attempts):
+    """503 SlowDown on every first PUT: botocore retries it, or with one request attempt our own loop does."""
+    front = ThrottlingFront(s3_endpoint)
+    try:
+        summary = export_layout(config(layout, front.url, request_attempts=request_attempts, workers=8))
+    finally:
+        front.stop()
+    files = published(layout)
+    assert (summary.uploaded, summary.failed) == (len(files), 0)
+    assert len(front.throttled) == len(files)  # every file was throttled once
+    assert summary.retries == (len(files) if request_attempts == 1 else 0)
+    assert bucket_objects(s3) == files
