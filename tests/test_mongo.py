@@ -1,0 +1,83 @@
+"""The embedded server's life (start, reuse, status, stop) and how a URI is chosen."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pymongo
+import pytest
+from click.testing import CliRunner
+
+from importer.cli import mongo
+from importer.errors import MongoUnavailable
+from importer.mongo import (PID_FILE, MongoConfig, connect, default_data_dir, embedded_status, redact,
+                            resolve_url, stop_embedded, validate_url)
+
+
+def test_embedded_server_lifecycle_on_disk(tmp_path):
+    """start writes a pid file and answers ping; a second start reuses it; data survives; stop ends it."""
+    data_dir = tmp_path / "mongo"
+    run = CliRunner().invoke
+    try:
+        started = run(mongo, ["start", "--mongo-dir", str(data_dir)])
+        assert started.exit_code == 0 and started.output.startswith("started: mongodb://127.0.0.1:")
+        info = orjson.loads((data_dir / PID_FILE).read_bytes())
+        url = f"mongodb://127.0.0.1:{info['port']}/"
+        with pymongo.MongoClient(url) as client:
+            client.t.c.insert_one({"_id": 1})
+        again = run(mongo, ["start", "--mongo-dir", str(data_dir)])
+        assert again.exit_code == 0 and again.output.startswith(f"already running: {url}")
+        status = run(mongo, ["status", "--mongo-dir", str(data_dir)])
+        assert status.exit_code == 0 and url in status.output
+        notes = []
+        assert resolve_url(MongoConfig(data_dir=data_dir), notes.append) == url and notes == []
+        assert (data_dir / "db").is_dir()
+    finally:
+        stopped = run(mongo, ["stop", "--mongo-dir", str(data_dir)])
+    assert stopped.exit_code == 0 and stopped.output == f"stopped pid {info['pid']}\n"
+    with pytest.raises(ProcessLookupError):
+        os.kill(info["pid"], 0)
+    assert not (data_dir / PID_FILE).exists()
+    status = run(mongo, ["status", "--mongo-dir", str(data_dir)])
+    assert status.exit_code == 1 and "not running" in status.output
+    assert run(mongo, ["stop", "--mongo-dir", str(data_dir)]).output == "not running\n"
+
+
+def test_stale_or_garbled_pid_file_is_cleared(tmp_path):
+    (tmp_path / PID_FILE).write_bytes(orjson.dumps({"pid": 2 ** 22 + 12345, "port": 1}))
+    assert embedded_status(tmp_path) is None and not (tmp_path / PID_FILE).exists()
+    (tmp_path / PID_FILE).write_text("{not json")
+    assert stop_embedded(tmp_path) is None and not (tmp_path / PID_FILE).exists()
+
+
+def test_given_url_is_used_as_is(mongo_url, tmp_path):
+    assert resolve_url(MongoConfig(url=mongo_url, data_dir=tmp_path)) == mongo_url
+    assert not any(tmp_path.iterdir())  # nothing started
+    client = connect(mongo_url)
+    assert client.admin.command("ping")["ok"] == 1
+    client.close()
+
+
+@pytest.mark.parametrize("url, message", [
+    ("localhost:27017", "bad MongoDB URI"),
+    ("mongodb://", "bad MongoDB URI"),
+    ("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200", "cannot reach MongoDB at mongodb://127.0.0.1:1/"),
+])
+def test_bad_or_unreachable_url(url, message):
+    with pytest.raises(MongoUnavailable, match=message):
+        connect(url, timeout_ms=300)
+
+
+def test_validate_and_redact():
+    validate_url("mongodb://a:b@h1:1,h2:2/db?replicaSet=rs")
+    with pytest.raises(MongoUnavailable):
+        validate_url("mongodb://h:notaport/")
+    assert redact("mongodb://alice:s3cret@h:1/db") == "mongodb://alice:***@h:1/db"
+    assert redact("mongodb://h:1/db") == "mongodb://h:1/db"
+
+
+def test_default_data_dir():
+    assert default_data_dir({"XDG_DATA_HOME": "/x"}) == Path("/x/telemetry/mongo")
+    assert default_data_dir({"HOME": "/home/u"}) == Path("/home/u/.local/share/telemetry/mongo")
