@@ -182,8 +182,9 @@ class HTTPProtocol(asyncio.Protocol):
                 length = int(value)
             elif name == b"transfer-encoding":
                 chunked = True
-            elif name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1")
+            elif name == b"x-forwarded-for":  # repeated headers join as in Tornado
+                value = value.strip().decode("latin-1")
+                forwarded = value if forwarded is None else f"{forwarded},{value}"
             elif name == b"connection":
                 connection = value.strip().lower()
             elif name == b"expect":

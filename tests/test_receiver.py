@@ -92,6 +92,9 @@ def test_forwarded_for_then_peer(receiver):
     assert request(receiver, "POST", PREFIX + "ip-fwd", b"x", {"X-Forwarded-For": "203.0.113.7"})[0] == 200
     assert request(receiver, "POST", PREFIX + "ip-peer", b"x")[0] == 200
     assert find(receiver, "ip-fwd")[0].ip == "203.0.113.7"
+    raw_request(receiver, b"POST /submit/telemetry/ip-two HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\n"
+                          b"X-Forwarded-For: 2.2.2.2\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx")
+    assert find(receiver, "ip-two")[0].ip == "1.1.1.1,2.2.2.2"
     assert find(receiver, "ip-peer")[0].ip == "127.0.0.1"
     assert all(".v2." in p.name for p in receiver.log_path.iterdir())
 
@@ -179,3 +182,39 @@ def test_metrics_and_stats_log(receiver):
     assert set(m1) == {"url", "duration_ms", "code", "size", "message", "timestamp"}
     assert (m1["code"], m1["size"], m1["message"]) == (200, 5, "OK")
     assert next(x for x in lines if x["url"] == "/nope")["code"] == 404
+
+
+@pytest.mark.parametrize("data", [b"NONSENSE\r\n\r\n", b"GET /status HTTP/9.9\r\n\r\n",
+                                  b"GET /status HTTP/1.1\r\nno colon here\r\n\r\n"])
+def test_bad_request_heads(receiver, data):
+    assert raw_request(receiver, data)[0] == 400
+
+
+def test_oversized_head_is_refused(receiver):
+    with socket.create_connection((receiver.host, receiver.port), timeout=10) as s:
+        s.sendall(b"GET /status HTTP/1.1\r\nX-Big: " + b"a" * 200_000)
+        reply = b""
+        try:
+            while (c := s.recv(65536)):
+                reply += c
+        except ConnectionResetError:
+            pass
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 400")  # closed either way, never served
+
+
+@pytest.mark.parametrize("front", ["fast", "tornado"])
+def test_idle_and_stalled_connections_are_closed(tmp_path, front):
+    config = ReceiverConfig(port=0, workers=1, log_path=str(tmp_path / "logs"), idle_connection_timeout=0.5,
+                            http_server=front, motd="")
+    with start_receiver(config) as r:
+        idle = socket.create_connection((r.host, r.port), timeout=10)
+        stalled = socket.create_connection((r.host, r.port), timeout=10)
+        stalled.sendall(b"POST /submit/telemetry/stall HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly part")
+        for s in (idle, stalled):
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+        assert request(r, "GET", "/status")[0] == 200
+    assert find(r, "stall") == []
