@@ -30,6 +30,7 @@ from typing import IO, Callable
 import boto3
 import click
 from boto3.s3.transfer import S3UploadFailedError, TransferConfig
+from botocore.client import BaseClient
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from s3transfer.utils import ChunksizeAdjuster
@@ -180,7 +181,7 @@ def already_present(head: dict | None, fp: Fingerprint) -> bool:
             and head.get("Metadata", {}).get(SHA256_METADATA) == fp.sha256)
 
 
-def make_client(config: ExportConfig):
+def make_client(config: ExportConfig) -> BaseClient:
     """An S3 client from boto3's usual credential chain, retrying throttling and network errors."""
     boto_config = BotoConfig(retries={"total_max_attempts": config.request_attempts, "mode": "standard"},
                              max_pool_connections=max(10, config.workers * 4))

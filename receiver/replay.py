@@ -55,7 +55,7 @@ from receiver.rawlog import GZIP_MAGIC, RawLogReader, Record, finished_files
 log = logging.getLogger(__name__)
 
 DELIVERED, REJECTED, FAILED, INTERRUPTED = "delivered", "rejected", "failed", "interrupted"
-SAMPLED_OUT, DELETE_SKIPPED = "sampled_out", "delete_skipped"
+SAMPLED_OUT, DELETE_SKIPPED, RESUMED = "sampled_out", "delete_skipped", "resumed"
 RETRY_4XX = (408, 429)
 # Characters left as they are when a stored path goes into the URL: the
 # path was taken from a URL, so existing %-escapes must survive.
@@ -458,6 +458,8 @@ class Sender:
         method, url, body, headers = self.request_for(record)
         config = self.config
         for attempt in range(1, config.attempts + 1):
+            if self.stop.is_set():  # queued behind the window when the replay was stopped: not sent
+                return Outcome(INTERRUPTED, attempt - 1)
             wait = self.limiter.delay()
             if wait and await _pause(wait, self.stop):
                 return Outcome(INTERRUPTED, attempt - 1)
@@ -599,7 +601,7 @@ async def _replay_file(source: Path, config: ReplayConfig, state: ReplayState, s
             break
         if record.offset in already:
             summary.resumed += 1
-            window.append((record.offset, record.end, Outcome("resumed")))
+            window.append((record.offset, record.end, Outcome(RESUMED)))
         else:
             summary.read += 1
             item = _dispatch(record, config, sender)
