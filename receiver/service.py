@@ -163,6 +163,10 @@ def start_receiver(config: ReceiverConfig, *, timeout: float = 30.0, python: str
     )
     handle = RunningReceiver(process, config, config_dir)
     if not handle._ready.wait(timeout) or not handle.port:
+        try:
+            process.wait(5)  # it closed stdout: it is exiting
+        except subprocess.TimeoutExpired:
+            pass
         if process.poll() is None:
             handle.kill()
         else:

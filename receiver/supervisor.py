@@ -26,7 +26,7 @@ import traceback
 from typing import TextIO
 
 from receiver.config import ReceiverConfig
-from receiver.errors import ConfigError, ReceiverError
+from receiver.errors import ReceiverError
 from receiver.logwriter import finalize_unfinished
 from receiver.metrics import SharedSlots
 from receiver.worker import run_worker
@@ -88,15 +88,15 @@ def check_storage(config: ReceiverConfig) -> None:
     try:
         os.makedirs(config.log_path, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"cannot create log_path {config.log_path}: {e.strerror}") from None
+        raise ReceiverError(f"cannot create log_path {config.log_path}: {e.strerror}") from None
     if not os.access(config.log_path, os.W_OK | os.X_OK):
-        raise ConfigError(f"log_path {config.log_path} is not writable")
+        raise ReceiverError(f"log_path {config.log_path} is not writable")
     if config.stats_log_file:
         try:
             with open(config.stats_log_file, "ab"):
                 pass
         except OSError as e:
-            raise ConfigError(f"cannot open stats_log_file {config.stats_log_file}: {e.strerror}") from None
+            raise ReceiverError(f"cannot open stats_log_file {config.stats_log_file}: {e.strerror}") from None
 
 
 def serve(config: ReceiverConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -101,8 +101,9 @@ def test_port_in_use_is_a_clean_failure(tmp_path):
 def test_start_receiver_raises_when_it_cannot_start(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(ReceiverError, match="did not start"):
+    with pytest.raises(ReceiverError, match="did not start") as err:
         start_receiver(ReceiverConfig(port=0, log_path=str(blocker / "logs"), workers=1), timeout=30)
+    assert "exit code 1" in str(err.value)
 
 
 def test_start_receiver_and_restart_of_dead_worker(tmp_path):
