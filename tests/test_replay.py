@@ -262,6 +262,30 @@ def test_replay_stopped_by_sigterm_and_restarted_delivers_everything_once(receiv
     assert "read 0," in third.stderr  # nothing left to send
 
 
+def test_replay_killed_hard_loses_nothing_and_resends_at_most_the_unsaved_window(receiver, tmp_path):
+    records = make_raw_records(400, seed=6)
+    write_raw_dir(tmp_path / "raw", records, per_file=400)
+    state = tmp_path / "state.json"
+    argv = [sys.executable, "-m", "receiver.replay", str(tmp_path / "raw"), "--dest", dest_of(receiver),
+            "--state", str(state), "--concurrency", "4"]
+    first = subprocess.Popen(argv + ["--rate", "300"], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not state.exists() and time.monotonic() < deadline:  # saved after the first 200
+        time.sleep(0.05)
+    time.sleep(0.2)
+    first.kill()
+    first.communicate(timeout=30)
+    saved = orjson.loads(state.read_bytes())["files"]
+    assert [v["offset"] for v in saved.values()][0] < next((tmp_path / "raw").iterdir()).stat().st_size
+    second = subprocess.run(argv, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    receiver.stop()
+    got = pairs(received(receiver.log_path))
+    assert set(got) == set(pairs(records))  # nothing lost
+    duplicates = sum(got.values()) - len(records)
+    assert duplicates <= 200 + 4 * 4  # at most one batch plus the window
+
+
 # -- sampling ------------------------------------------------------------------------------------
 
 def test_sampling_is_binomial_and_reproducible(server, tmp_path):
