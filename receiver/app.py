@@ -1,11 +1,12 @@
 """The HTTP side of the receiver: routing, limits, status codes (SPEC section 1).
 
 The app is a Tornado ``HTTPServerConnectionDelegate`` rather than a
-``web.Application``: a submission needs no templates, cookies or XSRF, and
-skipping that machinery is most of what makes the receiver fast.  It is built
-by :func:`make_app` with its writer, metrics and stats log passed in, and
-served by a plain ``tornado.httpserver.HTTPServer`` (by the worker, or by a
-test on a loopback socket).
+``web.Application``: a submission needs no templates, cookies or XSRF.  It is
+built by :func:`make_app` with its writer, metrics and stats log passed in.
+It holds every decision (``classify``, ``store``, ``account``) and can be
+served by Tornado's ``HTTPServer`` or by the leaner
+:class:`receiver.protocol.FastServer` (the default in workers), which calls
+the same methods.
 
 Rejections that would otherwise make us read a large or unbounded body (413,
 and 411 for a POST without Content-Length) are answered as soon as the

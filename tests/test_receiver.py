@@ -218,3 +218,41 @@ def test_idle_and_stalled_connections_are_closed(tmp_path, front):
             s.close()
         assert request(r, "GET", "/status")[0] == 200
     assert find(r, "stall") == []
+
+
+@pytest.mark.parametrize("front", ["fast", "tornado"])
+def test_make_app_in_process(tmp_path, front):
+    """The library path other code can embed: make_app + a writer + either front end."""
+    import asyncio
+
+    from tornado.httpclient import AsyncHTTPClient
+
+    from receiver.app import make_app
+    from receiver.supervisor import bind_socket
+    from receiver.worker import make_writer, start_server
+    from receiver.metrics import Metrics
+
+    config = ReceiverConfig(port=0, log_path=str(tmp_path), http_server=front)
+
+    async def scenario():
+        metrics = Metrics()
+        writer = make_writer(config, metrics, hostname="test")
+        app = make_app(config, writer)
+        sock = bind_socket("127.0.0.1", 0)
+        server = await start_server(app, sock)
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        client = AsyncHTTPClient()
+        resp = await client.fetch(url + PREFIX + "in-process", method="POST", body=b"payload")
+        bad = await client.fetch(url + "/elsewhere", raise_error=False)
+        server.stop()
+        await server.close_all_connections()
+        await writer.close()
+        sock.close()
+        return resp.code, bad.code, metrics.snapshot()
+
+    code, bad, snap = asyncio.run(scenario())
+    assert (code, bad) == (200, 404)
+    assert snap["requests_200"] == 1 and snap["requests_404"] == 1 and snap["records"] == 1
+    [f] = tmp_path.iterdir()
+    assert f.name.startswith("telemetry.v1.test.") and f.name.endswith(".finished")
+    assert [(r.path, r.data) for r in RawLogReader(f)] == [("in-process", b"payload")]
