@@ -316,9 +316,11 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
     converter = converter or _converter
     output = config.output
     marker = _done_marker(output, unit.unit_id)
-    if marker.exists():
-        return UnitResult(unit.source, unit.unit_id, status="skipped")
     work = output / WORK_DIR / unit.unit_id
+    if marker.exists():  # done; a crash may have left its work directory behind
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(config.errors / WORK_DIR / unit.unit_id, ignore_errors=True)
+        return UnitResult(unit.source, unit.unit_id, status="skipped")
     published = complete_pending(work)
     if published is not None:  # committed before a crash: finish publishing
         result = _result_from_manifest(work)
