@@ -62,8 +62,8 @@ def test_fixture_files_import_with_dimensions_and_dots(fixtures_dir, mongo_url, 
               for sub in d.get(section, {}).values() if isinstance(sub, dict) for k in sub]
     assert dotted and not any("." in k for k in dotted)
     assert any(DOT in k for k in dotted)
-    indexed = {tuple(ix["key"].keys())[0] for ix in mongo_db.payloads.list_indexes()}
-    assert {f"meta.{n}" for n in NAMES} <= indexed
+    indexed = {tuple(ix["key"].keys()) for ix in mongo_db.payloads.list_indexes()}
+    assert indexed == {("_id",), tuple(f"meta.{n}" for n in NAMES), ("meta.submission_date",)}
 
 
 def test_generated_layout_then_rerun_doubles_nothing(generated, mongo_url, mongo_db):

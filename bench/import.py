@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""Import speed: ``python -m importer`` against the original's method, on the embedded server.
+
+The original imported with one process per CPU, one unacknowledged (w=0)
+insert of a whole file per call, the stdlib ``json`` parser and ``[dot]``
+replacement in Python.  Its time here runs until the server holds every
+document (w=0 returns before the server has written anything).  Ours is the
+real command line, acknowledged writes, resumable bookkeeping and all.
+Then each named pipeline is timed over the imported data.
+
+    bench/import.py [--records 20000] [--sizes 5,30] [--memory]
+
+The machine may be shared: run it once at a modest size, read the ratio
+(measured in the same run), not the absolute figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import pymongo  # noqa: E402
+
+from aggregations.pipelines import run_pipeline  # noqa: E402
+from converter.layout import find_layout_files, open_layout_file  # noqa: E402
+from converter.synthetic import make_records, write_layout  # noqa: E402
+from importer.mongo import start_embedded  # noqa: E402
+
+DOTTED = ("slowSQL", "slowSQLStartup", "addonDetails", "addonHistograms")
+
+
+def _original_undot(value):
+    if isinstance(value, dict):
+        return {k.replace(".", "[dot]"): _original_undot(v) for k, v in value.items()}
+    return value
+
+
+def _original_import_file(args):
+    """One file, the original's way: stdlib json, dots replaced, one insert of the whole file, w=0."""
+    url, database, path, dims = args
+    client = pymongo.MongoClient(url)
+    coll = client[database].get_collection("payloads", write_concern=pymongo.WriteConcern(w=0))
+    docs = []
+    with open_layout_file(path) as f:
+        for line in f:
+            doc_id, _, text = line.decode("utf-8").rstrip("\n").partition("\t")
+            doc = json.loads(text)
+            for key in DOTTED:
+                if key in doc:
+                    doc[key] = _original_undot(doc[key])
+            doc["_id"] = doc_id
+            doc.update(dims)
+            docs.append(doc)
+    if docs:
+        coll.insert_many(docs)
+    client.close()
+    return len(docs)
+
+
+def original_method(url: str, database: str, base: Path, expected: int) -> float:
+    names = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
+    work = [(url, database, str(f.path), dict(zip(names, f.dimensions))) for f in find_layout_files(base)]
+    client = pymongo.MongoClient(url)
+    client.drop_database(database)
+    start = time.perf_counter()
+    with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+        sent = sum(pool.map(_original_import_file, work, chunksize=8))
+    # w=0 returns at once: wait until the server really holds every document.
+    deadline = time.perf_counter() + 600
+    while client[database].payloads.estimated_document_count() < expected and time.perf_counter() < deadline:
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - start
+    held = client[database].payloads.count_documents({})
+    client.close()
+    if sent != expected or held != expected:
+        print(f"  warning: original method sent {sent}, server holds {held} of {expected}")
+    return elapsed
+
+
+def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "importer", str(base), "-d", database, "--drop",
+                           "--mongo-url", url, *extra], cwd=ROOT, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"python -m importer failed: {proc.stderr.strip()}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--records", type=int, default=20000, help="records per payload size")
+    parser.add_argument("--sizes", default="5,30", help="payload sizes in KB, comma separated")
+    parser.add_argument("--memory", action="store_true", help="server storage in memory instead of on disk")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
+        tmp = Path(tmp)
+        server = start_embedded(tmp / "server", storage_path=":memory:" if args.memory else None,
+                                detach=False, pid_file=False)
+        print(f"embedded server {server.url} ({'memory' if args.memory else 'disk'}), {os.cpu_count()} CPUs")
+        try:
+            for kb in (int(s) for s in args.sizes.split(",")):
+                base = tmp / f"layout_{kb}k"
+                write_layout(base, make_records(args.records, seed=kb, payload_kb=kb))
+                files = find_layout_files(base)
+                mb = sum(f.size for f in files) / 2**20
+                print(f"\n{args.records} records of ~{kb} KB in {len(files)} files ({mb:.1f} MB compressed)")
+                base_s = original_method(server.url, f"orig_{kb}", base, args.records)
+                print(f"  original (w=0, 1 proc/CPU, whole file) {args.records / base_s:9,.0f} docs/s  "
+                      f"({base_s:.1f}s)  baseline")
+                for label, extra in (("python -m importer (w=1, indexes)", []),
+                                     ("python -m importer (w=1, --no-indexes)", ["--no-indexes"])):
+                    ours_s = our_method(server.url, f"ours_{kb}", base, extra)
+                    print(f"  {label:38s} {args.records / ours_s:9,.0f} docs/s  ({ours_s:.1f}s)  "
+                          f"{base_s / ours_s:.2f}x")
+                client = pymongo.MongoClient(server.url)
+                coll = client[f"ours_{kb}"].payloads
+                for name, opts in (("os_distribution", {}), ("submissions", {}),
+                                   ("histogram", {"name": "GC_MS"}), ("simple_measurement", {"name": "firstPaint"})):
+                    start = time.perf_counter()
+                    rows = run_pipeline(coll, name, **opts)
+                    print(f"  pipeline {name:20s} {time.perf_counter() - start:6.2f}s  ({len(rows)} rows)")
+                client.drop_database(f"orig_{kb}")
+                client.drop_database(f"ours_{kb}")
+                client.close()
+        finally:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
