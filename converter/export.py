@@ -44,6 +44,7 @@ MiB = 1024 * 1024
 AFTER_UPLOAD = ("keep", "delete", "rename")
 UPLOADED_SUFFIX = ".uploaded"
 SHA256_METADATA = "sha256"
+PART_SIZE_METADATA = "part-size"
 # S3 error codes that say "try again later" rather than "this will never work".
 _RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                     "RequestTimeTooSkewed", "InternalError", "ServiceUnavailable",
@@ -124,11 +125,15 @@ class ExportSummary:
 
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
-    """What S3 will report for an object holding exactly this file."""
+    """What S3 will report for an object holding exactly this file.
+
+    ``part_size`` is 0 for a single PUT.
+    """
 
     size: int
     etag: str
     sha256: str
+    part_size: int
 
 
 def object_key(prefix: str, relpath: str) -> str:
@@ -156,10 +161,9 @@ def fingerprint(path: Path, multipart_threshold: int, multipart_chunksize: int) 
             sha.update(part)
             part_digests.append(hashlib.md5(part).digest())
     if size < multipart_threshold:
-        etag = whole.hexdigest()
-    else:
-        etag = f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
-    return Fingerprint(size, etag, sha.hexdigest())
+        return Fingerprint(size, whole.hexdigest(), sha.hexdigest(), 0)
+    etag = f"{hashlib.md5(b''.join(part_digests)).hexdigest()}-{len(part_digests)}"
+    return Fingerprint(size, etag, sha.hexdigest(), chunk)
 
 
 def verified(head: dict | None, fp: Fingerprint) -> bool:
@@ -168,17 +172,23 @@ def verified(head: dict | None, fp: Fingerprint) -> bool:
             and head.get("ETag", "").strip('"') == fp.etag)
 
 
-def already_present(head: dict | None, fp: Fingerprint) -> bool:
-    """True when an existing object is the file: verified, or one of ours sent with another part size.
+def already_present(head: dict | None, path: Path, fp: Fingerprint) -> bool:
+    """True when an existing object holds the file's bytes.
 
-    A multipart ETag depends on the part size, so an object uploaded with
-    other settings is recognised by the SHA-256 we store as metadata (an
-    upload that failed verification is deleted, so the metadata is trusted).
+    A multipart ETag depends on the part size, so for an object that went up
+    with other settings the ETag is computed again from the file with the
+    part size recorded in the object's metadata: what is compared is still
+    what S3 computed from the bytes it holds, never a claim we stored.
     """
     if verified(head, fp):
         return True
-    return (head is not None and head.get("ContentLength") == fp.size and "-" in head.get("ETag", "")
-            and head.get("Metadata", {}).get(SHA256_METADATA) == fp.sha256)
+    if head is None or head.get("ContentLength") != fp.size:
+        return False
+    etag = head.get("ETag", "").strip('"')
+    part_size = head.get("Metadata", {}).get(PART_SIZE_METADATA, "")
+    if "-" not in etag or not part_size.isdigit() or int(part_size) == fp.part_size:
+        return False
+    return fingerprint(path, 0, int(part_size)).etag == etag
 
 
 def make_client(config: ExportConfig) -> BaseClient:
@@ -290,15 +300,23 @@ def _export_file(client, config: ExportConfig, transfer: TransferConfig, f: Layo
         raise ExportError(f"{f.relpath}: disappeared before it could be uploaded") from None
     except OSError as e:
         raise ExportError(f"{f.relpath}: cannot read: {e}") from None
-    if already_present(_head(client, config.bucket, key), fp):
+    try:
+        present = already_present(_head(client, config.bucket, key), f.path, fp)
+    except (BotoCoreError, ClientError) as e:
+        raise ExportError(f"{f.relpath}: cannot look at s3://{config.bucket}/{key}: {_describe(e)}") from None
+    if present:
         _after_upload(config, f.path)
         return "skipped", 0
+    metadata = {SHA256_METADATA: fp.sha256}
+    if fp.part_size:
+        metadata[PART_SIZE_METADATA] = str(fp.part_size)
     retries = 0
+    mismatched = False
     for attempt in range(1, config.attempts + 1):
         try:
             with opener(f.path) as body:
                 client.upload_fileobj(body, config.bucket, key, Config=transfer, Callback=progress,
-                                      ExtraArgs={"Metadata": {SHA256_METADATA: fp.sha256}})
+                                      ExtraArgs={"Metadata": metadata})
             head = _head(client, config.bucket, key)
             if not verified(head, fp):
                 got = "nothing" if head is None else \
@@ -308,10 +326,11 @@ def _export_file(client, config: ExportConfig, transfer: TransferConfig, f: Layo
             _after_upload(config, f.path)
             return "uploaded", retries
         except (UploadMismatch, BotoCoreError, ClientError, S3UploadFailedError, OSError) as e:
-            if isinstance(e, (FileNotFoundError)):
+            mismatched = mismatched or isinstance(e, UploadMismatch)
+            if isinstance(e, FileNotFoundError):
                 raise ExportError(f"{f.relpath}: disappeared during upload") from None
             if not _retryable(e) or attempt == config.attempts:
-                if isinstance(e, UploadMismatch):
+                if mismatched:
                     _delete_quietly(client, config.bucket, key)
                 raise ExportError(f"{f.relpath}: upload failed after {attempt} attempt(s): "
                                   f"{_describe(e)}") from None
@@ -333,7 +352,7 @@ def _head(client, bucket: str, key: str) -> dict | None:
 
 
 def _delete_quietly(client, bucket: str, key: str) -> None:
-    """Remove an object that failed verification, so no later run mistakes it for the file."""
+    """Remove an object that failed verification: a wrong copy is worse than none."""
     try:
         client.delete_object(Bucket=bucket, Key=key)
     except (BotoCoreError, ClientError) as e:

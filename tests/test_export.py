@@ -14,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from boto3.s3.transfer import TransferConfig
 from click.testing import CliRunner
 
 from converter.export import (MiB, ExportConfig, ExportError, export, export_layout, fingerprint,
@@ -102,11 +103,26 @@ def test_multipart_upload_is_verified_and_recognised_with_another_part_size(s3, 
     assert head["ETag"].strip('"').endswith("-2")  # really went up in parts
     assert head["ETag"].strip('"') == fingerprint(big_file / rel, MiB, 5 * MiB).etag
     assert bucket_objects(s3)[rel] == data
-    # Same settings: same ETag.  Another part size: a different multipart ETag, same SHA-256.
+    # Same settings: same ETag.  Another part size: the ETag is recomputed with the recorded one.
+    assert head["Metadata"]["part-size"] == str(5 * MiB)
     for chunk in (5 * MiB, 8 * MiB):
         again = export_layout(config(big_file, s3_endpoint, multipart_threshold=MiB,
                                      multipart_chunksize=chunk))
         assert (again.uploaded, again.skipped) == (0, 1)
+
+
+def test_an_object_of_the_same_size_with_other_bytes_is_replaced(s3, s3_endpoint, big_file):
+    """Same size, multipart, our metadata (even the SHA-256), but one byte differs: not skipped."""
+    (rel, data), = published(big_file).items()
+    fp = fingerprint(big_file / rel, MiB, 5 * MiB)
+    wrong = data[:10] + bytes([data[10] ^ 1]) + data[11:]
+    s3.upload_fileobj(io.BytesIO(wrong), BUCKET, rel, ExtraArgs={"Metadata": {
+        "sha256": fp.sha256, "part-size": str(5 * MiB)}},
+        Config=TransferConfig(multipart_threshold=MiB, multipart_chunksize=5 * MiB))
+    summary = export_layout(config(big_file, s3_endpoint, multipart_threshold=MiB,
+                                   multipart_chunksize=8 * MiB))
+    assert (summary.uploaded, summary.skipped) == (1, 0)
+    assert bucket_objects(s3)[rel] == data
 
 
 class CorruptingOpener:
