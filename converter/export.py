@@ -32,7 +32,7 @@ import click
 from boto3.s3.transfer import S3UploadFailedError, TransferConfig
 from botocore.client import BaseClient
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from s3transfer.utils import ChunksizeAdjuster
 from tqdm import tqdm
 
@@ -247,6 +247,9 @@ def _check_bucket(client, bucket: str) -> None:
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
         raise ExportError(f"bucket {bucket!r} is not accessible ({code or e})") from None
+    except NoCredentialsError:
+        raise ExportError("no AWS credentials found (environment, shared credentials file, "
+                          "or instance role)") from None
     except BotoCoreError as e:
         raise ExportError(f"cannot reach S3: {e}") from None
 

@@ -236,6 +236,17 @@ def test_missing_bucket_is_an_error(s3, s3_endpoint, layout):
     assert "no-such-bucket" in result.output and "Traceback" not in result.output
 
 
+def test_missing_credentials_are_a_clear_error(s3_endpoint, layout, tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask a metadata service
+    result = CliRunner().invoke(export, [str(layout), "--bucket", BUCKET, "--endpoint-url", s3_endpoint])
+    assert result.exit_code == 1
+    assert "no AWS credentials found" in result.output and "Traceback" not in result.output
+
+
 @pytest.mark.parametrize("kw, message", [
     ({"after_upload": "shred"}, "after_upload"),
     ({"workers": 0}, "at least 1"),
