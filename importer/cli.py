@@ -88,7 +88,7 @@ def import_(dataset, database, collection, drop, workers, batch_size, write_conc
     url = connect_url(mongo_config(mongo_url, mongo_dir))
     bar = _progress_bar()
     try:
-        summary = import_dataset(dataset, url, options, progress=bar.update if bar else None)
+        summary = import_dataset(dataset, url, options, progress=bar)
     except (MongoUnavailable, DatasetError) as e:
         raise BadSetup(str(e)) from None
     except ImporterError as e:
@@ -114,10 +114,14 @@ class _progress_bar:
         return super().__new__(cls)
 
     def __init__(self):
+        self.bar = None
+        self.files = self.records = 0
+
+    def start(self, files: int, total_bytes: int) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="importing", file=sys.stderr)
-        self.files = self.records = 0
+        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="importing",
+                        file=sys.stderr)
 
     def update(self, chunk: ChunkResult) -> None:
         self.files += len(chunk.files)
@@ -126,7 +130,8 @@ class _progress_bar:
         self.bar.update(chunk.bytes)
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 @click.group("mongo")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable, Protocol
 
 import pymongo
 from pymongo import ReplaceOne, UpdateOne, WriteConcern
@@ -134,13 +134,21 @@ class ImportSummary:
                 f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)")
 
 
+class Progress(Protocol):
+    """What the importer reports while it works (the CLI's progress bar is one)."""
+
+    def start(self, files: int, total_bytes: int) -> None: ...
+
+    def update(self, chunk: ChunkResult) -> None: ...
+
+
 def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOptions | None = None,
-                   progress: Callable[[ChunkResult], None] | None = None) -> ImportSummary:
+                   progress: Progress | None = None) -> ImportSummary:
     """Import every layout file under ``dataset_dir`` into ``options.database.collection`` at ``url``.
 
     Files are grouped into chunks (one large file, or many small ones) so that
-    small files do not cost a round trip each; ``progress`` is called once
-    per chunk.  With more than one worker the chunks are shared among
+    small files do not cost a round trip each; ``progress.update`` is called once
+    per chunk (after ``progress.start``).  With more than one worker the chunks are shared among
     processes, largest first.
     """
     options = options or ImportOptions()
@@ -163,12 +171,14 @@ def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
         if options.create_indexes:  # before the data: building them afterwards rescans every document
             create_indexes(db[options.collection], names)
         chunks = make_chunks(files, options.chunk_bytes, options.chunk_files)
+        if progress:
+            progress.start(len(files), sum(f.size for f in files))
         if options.workers <= 1 or len(chunks) <= 1:
             for chunk in chunks:
                 result = import_files(db, chunk, names, options)
                 summary.add(result)
                 if progress:
-                    progress(result)
+                    progress.update(result)
         else:
             ctx = get_context("spawn")
             with ProcessPoolExecutor(min(options.workers, len(chunks)), mp_context=ctx,
@@ -178,7 +188,7 @@ def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
                     result = future.result()
                     summary.add(result)
                     if progress:
-                        progress(result)
+                        progress.update(result)
     finally:
         client.close()
     summary.seconds = time.monotonic() - started
