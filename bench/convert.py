@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -49,9 +51,9 @@ def build_dataset(directory: Path, size_mb: float, files: int) -> list[Path]:
                              compresslevel=6) for i in range(files)]
 
 
-def floor(raw_files: list[Path]) -> tuple[float, int]:
-    """Gunzip + parse + serialize + compress every record, nothing else."""
-    start = time.perf_counter()
+def floor(raw_files: list[Path]) -> tuple[float, float, int]:
+    """Gunzip + parse + serialize + compress every record, nothing else: (wall s, CPU s, records)."""
+    start, cpu = time.perf_counter(), time.process_time()
     n = 0
     with open(Path(tempfile.gettempdir()) / "floor.zst", "wb") as out:
         comp = zstandard.ZstdCompressor(level=3).compressobj()
@@ -61,20 +63,26 @@ def floor(raw_files: list[Path]) -> tuple[float, int]:
                 out.write(comp.compress(rec.path.encode() + b"\t" + orjson.dumps(doc) + b"\n"))
                 n += 1
         out.write(comp.flush())
-    return time.perf_counter() - start, n
+    return time.perf_counter() - start, time.process_time() - cpu, n
 
 
-def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> float:
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> tuple[float, float]:
+    """Run the real command: (wall s, CPU s of it and its workers)."""
     telemetry = Path(sys.executable).parent / "telemetry"
     args = [str(telemetry), "process", *map(str, raw_files), "--output", str(out),
             "--schema", str(FIXTURES / "telemetry_schema.json"), "--histogram-cache", str(cache),
             "--workers", str(workers), "--no-progress"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(args, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"telemetry process failed: {done.stderr or done.stdout}")
-    return seconds
+    return seconds, _children_cpu() - cpu
 
 
 def main() -> None:
@@ -96,17 +104,22 @@ def main() -> None:
         mb = sum(p.stat().st_size for p in raw_files) / 1e6
         print(f"dataset: {mb:.1f} MB in {len(raw_files)} raw files (built in {time.perf_counter() - t:.1f} s)")
 
-        floor_s, n = floor(raw_files)
-        results = {"floor (gunzip+parse+serialize+compress)": floor_s}
+        floor_s, floor_cpu, n = floor(raw_files)
+        results = {"floor (gunzip+parse+serialize+compress)": (floor_s, floor_cpu)}
         for workers in (1, 2):
             results[f"telemetry process, {workers} worker(s)"] = run_process(
                 raw_files, work / f"out{workers}", cache, workers)
-        for name, seconds in results.items():
-            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f} MB/s  {n / seconds:8.0f} records/s")
-        one = results["telemetry process, 1 worker(s)"]
-        two = results["telemetry process, 2 worker(s)"]
-        print(f"1 worker / floor: {floor_s / one:.0%} (target >= 40%)")
-        print(f"2 workers / 1 worker: {one / two:.2f}x (target >= 1.7x)")
+        print(f"{'':45s} {'wall':>9s}  {'MB/s':>7s}  {'records/s':>9s}  {'CPU':>8s}")
+        for name, (seconds, cpu) in results.items():
+            # forkserver workers are grandchildren, so their CPU time is not seen from here
+            cpu_text = f"{cpu:6.2f} s" if "2 worker" not in name else "     n/a"
+            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f}  {n / seconds:9.0f}  {cpu_text}")
+        one, one_cpu = results["telemetry process, 1 worker(s)"]
+        two, _ = results["telemetry process, 2 worker(s)"]
+        print(f"1 worker / floor: {floor_s / one:.0%} wall, {floor_cpu / one_cpu:.0%} CPU (target >= 40%)")
+        print(f"2 workers / 1 worker: {one / two:.2f}x wall (target >= 1.7x; needs 2 idle cores)")
+        print(f"load average while running: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+              "(figures above 1 per CPU mean the machine was shared)")
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)

@@ -492,8 +492,10 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
         for unit in units:
             finished(convert_unit(unit))
         return
-    # spawn: workers share nothing with the parent (no inherited threads, locks or file handles)
-    ctx = multiprocessing.get_context("spawn")
+    # forkserver: workers are forked from a clean server process that has imported the
+    # converter once, so they start fast and inherit no threads, locks or file handles.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["converter.process"])
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                              initargs=(config,)) as pool:
         todo = sorted(units, key=lambda u: -os.path.getsize(u.source))  # biggest first
