@@ -195,7 +195,9 @@ def make_client(config: ExportConfig) -> BaseClient:
     """An S3 client from boto3's usual credential chain, retrying throttling and network errors."""
     boto_config = BotoConfig(retries={"total_max_attempts": config.request_attempts, "mode": "standard"},
                              max_pool_connections=max(10, config.workers * 4))
-    return boto3.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+    # A session of its own: boto3's default session would keep the credentials
+    # it found first for the life of the process.
+    return boto3.session.Session().client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 
 
 def export_layout(config: ExportConfig, stop: threading.Event | None = None,
