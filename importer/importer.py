@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -264,9 +264,12 @@ def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: 
         if marks:
             imports.bulk_write(marks, ordered=False)
         writer = _Writer(db, options, chunk)
-        for lf, result in todo:
-            _read_file(lf, names, options, result, writer)
-        writer.flush_all()
+        try:
+            for lf, result in todo:
+                _read_file(lf, names, options, result, writer)
+            writer.flush_all()
+        finally:
+            writer.close()
         done = [UpdateOne({"_id": keys[r.relpath]}, {"$set": {
                     "state": "done", "records": r.records, "bad_records": r.bad_records, "finished_at": _now()}})
                 for _, r in todo if r.error is None]
@@ -324,6 +327,9 @@ class _Writer:
         self.chunk = chunk
         self.buffers: dict[str, list[dict]] = {"insert": [], "replace": [], "resume": []}
         self.sizes = dict.fromkeys(self.buffers, 0)
+        # One batch is written while the next is parsed: the server and this process work at once.
+        self.thread = ThreadPoolExecutor(1, thread_name_prefix="import-writer")
+        self.pending: Future | None = None
 
     def add(self, kind: str, doc: dict, size: int) -> None:
         self.buffers[kind].append(doc)
@@ -332,14 +338,25 @@ class _Writer:
             self.flush(kind)
 
     def flush_all(self) -> None:
+        """Write what is buffered and wait until every write is acknowledged."""
         for kind in self.buffers:
             self.flush(kind)
+        self._wait()
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True)
 
     def flush(self, kind: str) -> None:
         docs = self.buffers[kind]
         if docs:
             self.buffers[kind], self.sizes[kind] = [], 0
-            self._write(kind, docs)
+            self._wait()
+            self.pending = self.thread.submit(self._write, kind, docs)
+
+    def _wait(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()  # re-raises the write's error here, in the importing thread
 
     def example(self, text: str) -> None:
         if len(self.chunk.examples) < 5:
