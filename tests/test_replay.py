@@ -258,6 +258,10 @@ def test_replay_stopped_by_sigterm_and_restarted_delivers_everything_once(receiv
     assert second.returncode == 0, second.stderr
     receiver.stop()
     assert pairs(received(receiver.log_path)) == pairs(records)  # each exactly once
+    final = orjson.loads(state.read_bytes())["files"]
+    assert final == {str(f.resolve()): {"offset": f.stat().st_size, "done": []}
+                     for f in (tmp_path / "raw").iterdir()}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".state")] == []  # no temp file left
     third = subprocess.run(argv, stderr=subprocess.PIPE, text=True, timeout=60)
     assert "read 0," in third.stderr  # nothing left to send
 
@@ -613,3 +617,74 @@ def test_docs_cover_every_option():
         for opt in param.opts + param.secondary_opts:
             if opt.startswith("--"):
                 assert opt in text, f"{opt} is not documented"
+
+
+class RawServer:
+    """A bare asyncio socket server that answers every request with ``reply`` bytes, as written.
+
+    For the response shapes a Tornado app never produces: chunked bodies,
+    HTTP/1.0 read-to-close, interim 100 responses, garbage, silence.
+    """
+
+    def __init__(self, reply: bytes, close_after: bool = False):
+        self.reply, self.close_after = reply, close_after
+        self.connections = 0
+        self.requests = 0
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),), daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+
+    async def _main(self):
+        async def handle(reader, writer):
+            self.connections += 1
+            try:
+                while True:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                       if line.lower().startswith(b"content-length:")), b"0"))
+                    await reader.readexactly(length)
+                    self.requests += 1
+                    writer.write(self.reply)
+                    await writer.drain()
+                    if self.close_after:
+                        break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            writer.close()
+
+        self._loop = asyncio.get_running_loop()
+        self._done = asyncio.Event()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        self._ready.set()
+        await self._done.wait()
+        server.close()
+
+    def stop(self):
+        self._loop.call_soon_threadsafe(self._done.set)
+        self._thread.join(10)
+
+
+@pytest.mark.parametrize("reply, close_after, delivered, reused", [
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nOK\r\n0\r\n\r\n", False, 20, True),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK", False, 20, True),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", False, 20, True),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nOK", True, 20, False),
+    (b"HTTP/1.0 200 OK\r\n\r\nOK", True, 20, False),
+    (b"SMTP ready\r\n\r\n", True, 0, False),
+    (b"", True, 0, False),
+])
+def test_response_shapes(tmp_path, reply, close_after, delivered, reused):
+    target = RawServer(reply, close_after)
+    try:
+        write_raw_dir(tmp_path / "raw", make_raw_records(20))
+        summary = replay_logs(cfg([tmp_path / "raw"], target.url + "/submit/telemetry/%k", attempts=2,
+                                  concurrency=2, timeout=5))
+    finally:
+        target.stop()
+    assert (summary.delivered, summary.failed) == (delivered, 20 - delivered)
+    if reused:
+        assert target.connections <= 2 < target.requests  # kept alive
+    else:
+        assert target.connections == target.requests  # one connection per request
