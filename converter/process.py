@@ -295,11 +295,14 @@ def dedup_drops(sources: list[Path]) -> tuple[dict[str, frozenset[int]], int]:
 
 _converter: Converter | None = None
 _config: ConverterConfig | None = None
+_report: Callable[[tuple[str, int]], None] | None = None  # (source, bytes read so far)
+REPORT_EVERY = 4 * 1024 * 1024
 
 
-def _init_worker(config: ConverterConfig) -> None:
-    global _converter, _config
+def _init_worker(config: ConverterConfig, report: Callable[[tuple[str, int]], None] | None = None) -> None:
+    global _converter, _config, _report
     _config = config
+    _report = report
     schema = Schema.load(config.telemetry_schema)
     revisions = RevisionCache(config.histogram_cache, config.histogram_server,
                               failure_ttl=config.failure_ttl)
@@ -341,9 +344,14 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
     drop = unit.drop
     reader = RawLogReader(unit.source)
     records_in = records_out = duplicates = 0
+    report = _report if config is _config else None
+    next_report = REPORT_EVERY
     try:
         for rec in reader:
             records_in += 1
+            if report is not None and rec.end >= next_report:
+                report((unit.source, rec.end))
+                next_report = rec.end + REPORT_EVERY
             if drop and rec.offset in drop:
                 duplicates += 1
                 continue
@@ -464,18 +472,24 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
             units.append(unit)
         sizes = {u.source: os.path.getsize(u.source) for u in units}
         bar = _progress_bar(sum(sizes.values()), progress)
+        position = dict.fromkeys(sizes, 0)
+
+        def advance(report: tuple[str, int]) -> None:
+            source, pos = report
+            if bar is not None and pos > position[source]:
+                bar.update(pos - position[source])
+                position[source] = pos
 
         def finished(result: UnitResult) -> None:
             summary.add(result)
             if result.source in retried:
                 mark_retried(Path(result.source))
-            if bar is not None:
-                bar.update(sizes[result.source])
+            advance((result.source, sizes[result.source]))
             if on_unit is not None:
                 on_unit(result)
 
         try:
-            _run_units(config, units, finished)
+            _run_units(config, units, finished, advance if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
@@ -485,10 +499,11 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
     return summary
 
 
-def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[UnitResult], None]) -> None:
+def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[UnitResult], None],
+               advance: Callable[[tuple[str, int]], None] | None) -> None:
     workers = min(config.workers, len(units))
     if workers <= 1:
-        _init_worker(config)
+        _init_worker(config, advance)
         for unit in units:
             finished(convert_unit(unit))
         return
@@ -496,8 +511,9 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
     # converter once, so they start fast and inherit no threads, locks or file handles.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["converter.process"])
+    reports = ctx.Queue() if advance is not None else None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(config,)) as pool:
+                             initargs=(config, reports.put if reports is not None else None)) as pool:
         todo = sorted(units, key=lambda u: -os.path.getsize(u.source))  # biggest first
         running = {}
         try:
@@ -505,7 +521,10 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
                 while todo and len(running) < workers * 2:
                     unit = todo.pop(0)
                     running[pool.submit(convert_unit, unit)] = unit
-                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                done, _ = wait(running, timeout=0.5 if reports is not None else None,
+                               return_when=FIRST_COMPLETED)
+                while reports is not None and not reports.empty():
+                    advance(reports.get())
                 for fut in done:
                     unit = running.pop(fut)
                     try:

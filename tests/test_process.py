@@ -313,3 +313,16 @@ def test_same_content_twice_in_one_run_is_converted_once(config, fixture_raw, tm
     summary = process(config, copies)
     assert summary.files == 3 and summary.files_skipped == 2 and summary.records_out == 1
     assert len(_records(config.output)) == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_bar_reaches_the_end(config, variation_files, capsys, workers):
+    config.workers = workers
+    process(config, variation_files[:2], progress=True)
+    err = capsys.readouterr().err
+    assert "converting" in err and "100%" in err
+
+
+def test_no_progress_bar_off_a_terminal(config, fixture_raw, capsys):
+    process(config, [fixture_raw])
+    assert "converting" not in capsys.readouterr().err
