@@ -1,4 +1,4 @@
-"""S3 export: published layout files mirrored to a bucket, verified before the local copy is touched.
+"""S3 export: published layout files mirrored to a bucket, each verified before it is touched.
 
 Published files (SPEC section 3) are immutable, so an object that already has
 the same size and checksum never needs sending again: a rerun costs one HEAD
@@ -118,7 +118,8 @@ class ExportSummary:
     def describe(self) -> str:
         rate = self.bytes_uploaded / MiB / self.seconds if self.seconds > 0 else 0.0
         return (f"export: {self.found} published files seen in {self.passes} pass(es): "
-                f"{self.uploaded} uploaded ({self.bytes_uploaded / MiB:.1f} MiB, {rate:.1f} MiB/s), "
+                f"{self.uploaded} uploaded ({self.bytes_uploaded / MiB:.1f} MiB, "
+                f"{rate:.1f} MiB/s), "
                 f"{self.skipped} already present, {self.failed} failed, {self.retries} retries, "
                 f"{self.seconds:.1f}s")
 
@@ -193,11 +194,12 @@ def already_present(head: dict | None, path: Path, fp: Fingerprint) -> bool:
 
 def make_client(config: ExportConfig) -> BaseClient:
     """An S3 client from boto3's usual credential chain, retrying throttling and network errors."""
-    boto_config = BotoConfig(retries={"total_max_attempts": config.request_attempts, "mode": "standard"},
-                             max_pool_connections=max(10, config.workers * 4))
+    retries = {"total_max_attempts": config.request_attempts, "mode": "standard"}
+    boto_config = BotoConfig(retries=retries, max_pool_connections=max(10, config.workers * 4))
     # A session of its own: boto3's default session would keep the credentials
     # it found first for the life of the process.
-    return boto3.session.Session().client("s3", endpoint_url=config.endpoint_url, config=boto_config)
+    session = boto3.session.Session()
+    return session.client("s3", endpoint_url=config.endpoint_url, config=boto_config)
 
 
 def export_layout(config: ExportConfig, stop: threading.Event | None = None,
@@ -308,7 +310,8 @@ def _export_file(client, config: ExportConfig, transfer: TransferConfig, f: Layo
     try:
         present = already_present(_head(client, config.bucket, key), f.path, fp)
     except (BotoCoreError, ClientError) as e:
-        raise ExportError(f"{f.relpath}: cannot look at s3://{config.bucket}/{key}: {_describe(e)}") from None
+        raise ExportError(f"{f.relpath}: cannot look at s3://{config.bucket}/{key}: "
+                          f"{_describe(e)}") from None
     if present:
         _after_upload(config, f.path)
         return "skipped", 0
@@ -389,7 +392,8 @@ def _after_upload(config: ExportConfig, path: Path) -> None:
     except FileNotFoundError:
         pass
     except OSError as e:
-        raise ExportError(f"{path}: uploaded and verified, but cannot {config.after_upload} it: {e}") from None
+        raise ExportError(f"{path}: uploaded and verified, "
+                          f"but cannot {config.after_upload} it: {e}") from None
 
 
 def _pause(seconds: float, stop: threading.Event) -> None:
@@ -457,7 +461,8 @@ def export(layout_dir: Path, bucket: str, prefix: str, endpoint_url: str | None,
         raise click.ClickException(str(e)) from None
     click.echo(summary.describe(), err=True)
     if summary.failed:
-        raise click.ClickException(f"{summary.failed} file(s) were not uploaded; see the messages above")
+        raise click.ClickException(f"{summary.failed} file(s) were not uploaded; "
+                                   "see the messages above")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import proxy_bypass_environment
 
@@ -152,7 +152,8 @@ class ReplaySummary:
             self.messages.append(message)
 
     def describe(self) -> str:
-        rate = (self.delivered + self.rejected + self.failed) / self.seconds if self.seconds > 0 else 0.0
+        sent = self.delivered + self.rejected + self.failed
+        rate = sent / self.seconds if self.seconds > 0 else 0.0
         text = (f"replay: {self.files} files, read {self.read}, sampled out {self.sampled_out}, "
                 f"delivered {self.delivered}, rejected {self.rejected}, failed {self.failed}")
         extra = [f"{self.deletes_skipped} deletes skipped" if self.deletes_skipped else "",
@@ -161,7 +162,8 @@ class ReplaySummary:
                  f"{self.skipped_bytes} corrupt bytes skipped" if self.skipped_bytes else "",
                  "stopped early" if self.interrupted else ""]
         extra = [e for e in extra if e]
-        return text + (f" ({', '.join(extra)})" if extra else "") + f" in {self.seconds:.1f}s, {rate:.0f} req/s"
+        text += f" ({', '.join(extra)})" if extra else ""
+        return text + f" in {self.seconds:.1f}s, {rate:.0f} req/s"
 
 
 def doc_id(path: str) -> str:
@@ -190,7 +192,11 @@ def target_url(dest: str, key: str) -> str:
 
 
 def proxy_from_environment(dest: str, environ: Mapping[str, str]) -> str | None:
-    """The proxy the standard variables name for ``dest`` (``http_proxy``, ``HTTPS_PROXY``, ``no_proxy``)."""
+    """The proxy the standard variables name for ``dest``.
+
+    ``http_proxy`` or ``https_proxy`` by the destination's scheme (either
+    case; lower-case wins), unless ``no_proxy`` names the host.
+    """
     proxies = {}
     for name, value in environ.items():
         low = name.lower()
@@ -208,7 +214,7 @@ def proxy_from_environment(dest: str, environ: Mapping[str, str]) -> str | None:
 # -- the state file -----------------------------------------------------------------------------
 
 class ReplayState:
-    """Per source file: the offset below which everything is finished, and finished records past it."""
+    """Per source file: the offset below which all is finished, and finished records past it."""
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -216,9 +222,11 @@ class ReplayState:
         if path is not None and path.exists():
             try:
                 doc = orjson.loads(path.read_bytes())
-                self.files = {k: {"offset": int(v["offset"]), "done": [int(o) for o in v.get("done", [])]}
+                self.files = {k: {"offset": int(v["offset"]),
+                                  "done": [int(o) for o in v.get("done", [])]}
                               for k, v in doc["files"].items()}
-            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+            except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError,
+                    AttributeError) as e:
                 raise ReplayError(f"state file {path} is not a replay state: {e}") from None
 
     def offset(self, source: Path) -> int:
@@ -235,7 +243,8 @@ class ReplayState:
         if self.path is None:
             return
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        data = orjson.dumps({"version": STATE_VERSION, "files": self.files}, option=orjson.OPT_INDENT_2)
+        data = orjson.dumps({"version": STATE_VERSION, "files": self.files},
+                            option=orjson.OPT_INDENT_2)
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -247,6 +256,9 @@ class ReplayState:
 
 
 # -- sending ------------------------------------------------------------------------------------
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
 
 class HttpProblem(Exception):
     """A request that got no usable response: refused, reset, timed out, or not HTTP."""
@@ -269,16 +281,20 @@ class HttpClient:
         self.timeout = timeout
         self.proxy = urlsplit(proxy) if proxy else None
         self.ssl_context = ssl_context
-        self.idle: dict[tuple[str, str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self.idle: dict[tuple[str, str, int], list[Connection]] = {}
 
     async def request(self, method: str, url: str, body: bytes, headers: dict[str, str]) -> int:
         """Send one request and return the response status; raise HttpProblem when there is none."""
         parts = urlsplit(url)
-        endpoint = (parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+        default_port = 443 if parts.scheme == "https" else 80
+        endpoint = (parts.scheme, parts.hostname or "", parts.port or default_port)
         host_header = parts.netloc.rpartition("@")[2]
         through_proxy = self.proxy is not None and parts.scheme == "http"
-        target = url if through_proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}", f"Content-Length: {len(body)}"]
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        if through_proxy:
+            target = url
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {host_header}",
+                 f"Content-Length: {len(body)}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if through_proxy and self.proxy.username:
             lines.append(f"Proxy-Authorization: {_basic_auth(self.proxy)}")
@@ -292,8 +308,10 @@ class HttpClient:
                 writer.write(head + body if len(body) < 65536 else head)
                 if len(body) >= 65536:
                     writer.write(body)
-                status, keep_alive = await asyncio.wait_for(self._response(reader, writer), self.timeout)
-            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, HttpProblem) as e:
+                status, keep_alive = await asyncio.wait_for(self._response(reader, writer),
+                                                            self.timeout)
+            except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError,
+                    HttpProblem) as e:
                 if conn is not None:
                     conn[1].close()
                 raise HttpProblem(_problem(e)) from None
@@ -320,10 +338,14 @@ class HttpClient:
         scheme, host, port = endpoint
         tls = (self.ssl_context or ssl.create_default_context()) if scheme == "https" else None
         if self.proxy is None:
-            return await asyncio.open_connection(host, port, ssl=tls, server_hostname=host if tls else None)
-        proxy_tls = (self.ssl_context or ssl.create_default_context()) if self.proxy.scheme == "https" else None
-        proxy_port = self.proxy.port or (443 if self.proxy.scheme == "https" else 80)
-        reader, writer = await asyncio.open_connection(self.proxy.hostname, proxy_port, ssl=proxy_tls)
+            return await asyncio.open_connection(host, port, ssl=tls,
+                                                 server_hostname=host if tls else None)
+        proxy_tls = None
+        if self.proxy.scheme == "https":
+            proxy_tls = self.ssl_context or ssl.create_default_context()
+        proxy_port = self.proxy.port or (443 if proxy_tls else 80)
+        reader, writer = await asyncio.open_connection(self.proxy.hostname, proxy_port,
+                                                       ssl=proxy_tls)
         if scheme == "http":
             return reader, writer
         lines = [f"CONNECT {host}:{port} HTTP/1.1", f"Host: {host}:{port}"]
@@ -473,8 +495,10 @@ class Sender:
             if 300 <= status < 500 and status not in RETRY_4XX:
                 return Outcome(REJECTED, attempt - 1, f"{method} {url}: {problem}")
             if attempt == config.attempts:
-                return Outcome(FAILED, attempt - 1, f"{method} {url}: {problem} after {attempt} attempts")
-            if await _pause(min(config.max_backoff, config.backoff * 2 ** (attempt - 1)), self.stop):
+                return Outcome(FAILED, attempt - 1,
+                               f"{method} {url}: {problem} after {attempt} attempts")
+            delay = min(config.max_backoff, config.backoff * 2 ** (attempt - 1))
+            if await _pause(delay, self.stop):
                 return Outcome(INTERRUPTED, attempt - 1)
         raise AssertionError("unreachable")
 
@@ -557,7 +581,8 @@ async def _replay_file(source: Path, config: ReplayConfig, state: ReplayState, s
     summary.files += 1
     reader = RawLogReader(source, start_offset=state.offset(source))
     already = state.done(source)
-    window: deque[tuple[int, int, asyncio.Task | Outcome]] = deque()  # (offset, end, task or outcome)
+    # (offset, end, task or outcome), in file order
+    window: deque[tuple[int, int, asyncio.Task | Outcome]] = deque()
     watermark = state.offset(source)
     since_save = 0
     pending = 0
@@ -591,8 +616,8 @@ async def _replay_file(source: Path, config: ReplayConfig, state: ReplayState, s
         if config.progress and (block or time.monotonic() - last_bar > 0.25):
             last_bar = time.monotonic()
             bar.n = summary.read
-            bar.set_postfix(delivered=summary.delivered, rejected=summary.rejected, failed=summary.failed,
-                            sampled_out=summary.sampled_out, refresh=True)
+            bar.set_postfix(delivered=summary.delivered, rejected=summary.rejected,
+                            failed=summary.failed, sampled_out=summary.sampled_out, refresh=True)
 
     complete = True
     for n, record in enumerate(reader):
@@ -673,18 +698,22 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.command("replay")
 @click.argument("raw", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--dest", required=True, metavar="URL",
-              help="Where to send; %k is replaced by the record's path, e.g. http://host/submit/telemetry/%k")
-@click.option("--sample", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Where to send; %k is replaced by the record's path, "
+                   "e.g. http://host/submit/telemetry/%k")
+@click.option("--sample", type=click.FloatRange(0, 1, min_open=True), default=1.0,
+              show_default=True,
               help="Fraction of docIds to send (chosen by a hash of docId and --seed).")
 @click.option("--copy-keys/--no-copy-keys", default=True, show_default=True,
               help="Keep each docId, or send under a new random one (dimensions kept).")
 @click.option("--delete/--no-delete", default=False, show_default=True,
               help="Replay DELETE records (empty bodies) too.")
 @click.option("--proxy", default=None, metavar="URL",
-              help="HTTP proxy for every request (default: $http_proxy / $https_proxy, minus $no_proxy).")
+              help="HTTP proxy for every request "
+                   "(default: $http_proxy / $https_proxy, minus $no_proxy).")
 @click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True,
               help="Requests in flight at once.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None, metavar="PER_SECOND",
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="PER_SECOND",
               help="At most this many requests per second.")
 @click.option("--follow", is_flag=True, help="Keep watching directories for new .finished files.")
 @click.option("--state", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -692,13 +721,16 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the sample hash.")
 @click.option("--attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Tries per record on 5xx and connection errors.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True,
               help="Seconds to wait for one response.")
-@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None,
               help="PEM file of extra CA certificates for an https:// destination or proxy.")
 def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, delete: bool,
            proxy: str | None, concurrency: int, rate: float | None, follow: bool,
-           state: Path | None, seed: int, attempts: int, timeout: float, ca_file: Path | None) -> None:
+           state: Path | None, seed: int, attempts: int, timeout: float,
+           ca_file: Path | None) -> None:
     """Send the submissions in raw logs RAW... (files, or directories of .finished files) to --dest.
 
     The raw logs are only read, never changed.  Exit status 1 when a record
@@ -709,8 +741,8 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
     try:
         config = ReplayConfig(sources=list(raw), dest=dest, sample=sample, copy_keys=copy_keys,
                               delete=delete, proxy=proxy, concurrency=concurrency, rate=rate,
-                              follow=follow, state=state, seed=seed, attempts=attempts, timeout=timeout,
-                              ca_file=ca_file, progress=sys.stderr.isatty())
+                              follow=follow, state=state, seed=seed, attempts=attempts,
+                              timeout=timeout, ca_file=ca_file, progress=sys.stderr.isatty())
     except ReplayError as e:
         raise click.UsageError(str(e)) from None
     stop = threading.Event()

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import gzip
 import hashlib
-import os
 import signal
 import socket
 import subprocess
@@ -37,7 +37,7 @@ DIMS = ["saved-session/Firefox/23.0.1/release/20130814063812", "idle-daily/Fenne
 
 def make_raw_records(n: int, seed: int = 0, deletes: int = 0) -> list[Record]:
     """Submissions as a receiver stores them: half gzip bodies, half plain JSON."""
-    rng = __import__("random").Random(seed)
+    rng = random.Random(seed)
     out = []
     for i in range(n):
         doc = str(uuid.UUID(int=rng.getrandbits(128), version=4))
