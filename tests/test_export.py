@@ -67,7 +67,9 @@ def test_keys_mirror_the_layout_and_a_rerun_uploads_nothing(s3, s3_endpoint, lay
     assert (summary.uploaded, summary.skipped, summary.failed) == (len(files), 0, 0)
     expected = {object_key(prefix, rel): data for rel, data in files.items()}
     assert bucket_objects(s3) == expected
-    assert all(k.startswith("exports/v2/") and not k.startswith("exports/v2//") for k in expected) or not prefix
+    if prefix:
+        assert all(k.startswith("exports/v2/saved_session/") or k.startswith("exports/v2/idle_daily/")
+                   for k in expected)
     assert not any(".work" in k or k.endswith(".log") for k in expected)
 
     again = export_layout(config(layout, s3_endpoint, prefix=prefix))

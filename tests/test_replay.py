@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import gzip
 import hashlib
+import random
 import signal
 import socket
 import subprocess
@@ -280,7 +280,8 @@ def test_replay_killed_hard_loses_nothing_and_resends_at_most_the_unsaved_window
     first.kill()
     first.communicate(timeout=30)
     saved = orjson.loads(state.read_bytes())["files"]
-    assert [v["offset"] for v in saved.values()][0] < next((tmp_path / "raw").iterdir()).stat().st_size
+    (source,) = (tmp_path / "raw").iterdir()
+    assert saved[str(source.resolve())]["offset"] < source.stat().st_size  # killed mid-way
     second = subprocess.run(argv, stderr=subprocess.PIPE, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     receiver.stop()
