@@ -12,7 +12,10 @@ with a dead task.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import select
 import signal
+import threading
 import traceback
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Sequence
@@ -38,7 +41,24 @@ def run_reduce_tasks(tasks: Sequence[ReduceTask], progress: Progress) -> list[Re
     return _run_all(run_reduce_task, tasks, progress)
 
 
+def _watch_job(fd: int) -> None:
+    """End this task when its job is gone (killed), instead of running on as an orphan.
+
+    The job holds the only read end of the task's result pipe: when the job
+    dies, the write end this task holds reports an error.
+    """
+    poller = select.poll()
+    poller.register(fd, 0)  # only POLLERR / POLLHUP / POLLNVAL are reported
+    while True:
+        for _, events in poller.poll():
+            if events & select.POLLNVAL:
+                return  # the task closed the pipe itself: it is finishing
+            if events & (select.POLLERR | select.POLLHUP):
+                os._exit(1)
+
+
 def _child(fn: Callable[..., Any], task: Any, conn: Connection, progress: Any) -> None:
+    threading.Thread(target=_watch_job, args=(conn.fileno(),), daemon=True).start()
     try:
         result = fn(task, progress)
     except JobError as e:

@@ -45,6 +45,8 @@ def _map(task: MapTask, progress: MutableSequence[int] | None) -> MapResult:
                     progress[PROGRESS_LINE] = line_no
                     map_fn(doc_id, dims, value, context)
                     progress[PROGRESS_RECORDS] += 1
+            except JobError:
+                raise
             except LayoutError as e:
                 raise JobError(f"{task.name} cannot read its input {f.path}: {e}") from None
             except (Exception, SystemExit) as e:  # a script's sys.exit() is a failure too
