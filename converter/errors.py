@@ -42,6 +42,10 @@ class RecordError(ConverterError):
         return (RecordError, (self.reason, self.message))
 
 
+class UnwritablePartition(ConverterError):
+    """A layout file's directory cannot be created: its records are rejected as ``write_failed``."""
+
+
 class ConfigError(ConverterError):
     """A converter configuration that cannot be used (unknown key, bad value, missing file)."""
 

@@ -29,7 +29,7 @@ import orjson
 
 from converter.convert import DEFAULT_MAX_UNCOMPRESSED, Converter, parse_path
 from converter.errorlog import ErrorWriter, error_files, mark_retried
-from converter.errors import ConfigError, ProcessError, RecordError
+from converter.errors import ConfigError, ProcessError, RecordError, UnwritablePartition
 from converter.layout import relative_path
 from converter.revisions import RevisionCache
 from converter.schema import Schema, SchemaError
@@ -371,9 +371,9 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
                 relpath = paths[key] = relative_path(conv.dimensions, conv.version)
             try:
                 writer.write(relpath, conv.line)
-            except OSError as e:
+            except UnwritablePartition as e:
                 rejected["write_failed"] += 1
-                errors.add(rec, "write_failed", f"cannot write {relpath}: {e}")
+                errors.add(rec, "write_failed", str(e))
                 continue
             records_out += 1
             if conv.unknown_histograms:
@@ -457,8 +457,11 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
     if not sources:
         raise ProcessError("no raw files to convert")
     output = config.output
-    output.mkdir(parents=True, exist_ok=True)
-    lock = _RunLock(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        lock = _RunLock(output)
+    except OSError as e:
+        raise ProcessError(f"cannot write into {output}: {e}") from None
     summary = ProcessSummary()
     try:
         drops, _ = dedup_drops(sources) if config.dedup else ({}, 0)
@@ -505,7 +508,11 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
     if workers <= 1:
         _init_worker(config, advance)
         for unit in units:
-            finished(convert_unit(unit))
+            try:
+                result = convert_unit(unit)
+            except OSError as e:
+                raise ProcessError(f"{unit.source}: {e}") from e
+            finished(result)
         return
     # forkserver: workers are forked from a clean server process that has imported the
     # converter once, so they start fast and inherit no threads, locks or file handles.

@@ -33,6 +33,7 @@ from typing import Iterable
 import orjson
 import zstandard
 
+from converter.errors import UnwritablePartition
 from converter.layout import published_name
 
 MANIFEST = "manifest.json"
@@ -166,12 +167,16 @@ class LayoutWriter:
     def write(self, relpath: str, line: bytes) -> None:
         """Add one line to a layout file.
 
-        Raises OSError when the layout file's directory cannot be created (the
-        caller rejects that record as ``write_failed``); nothing is buffered then.
+        Raises UnwritablePartition when the layout file's directory cannot be
+        created (the caller rejects that record as ``write_failed``; nothing is
+        buffered then).  Any other OSError (a full disk) fails the whole unit.
         """
         part = self._parts.get(relpath)
         if part is None:
-            (self.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                (self.root / relpath).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UnwritablePartition(f"cannot create the directory of {relpath}: {e}") from e
             part = self._parts[relpath] = _Part(relpath, len(self._parts))
         part.buffer.append(line)
         part.buffered += len(line)

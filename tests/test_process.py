@@ -326,3 +326,12 @@ def test_progress_bar_reaches_the_end(config, variation_files, capsys, workers):
 def test_no_progress_bar_off_a_terminal(config, fixture_raw, capsys):
     process(config, [fixture_raw])
     assert "converting" not in capsys.readouterr().err
+
+
+def test_output_that_cannot_be_written_is_one_clear_error(tmp_path, fixtures_dir, fixture_raw):
+    (tmp_path / "file").write_text("not a directory")
+    args = [str(fixture_raw), "--output", str(tmp_path / "file" / "out"),
+            "--schema", str(fixtures_dir / "telemetry_schema.json")]
+    result = CliRunner().invoke(process_command, args)
+    assert result.exit_code == 1
+    assert "cannot write into" in result.output and "Traceback" not in result.output

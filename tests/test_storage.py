@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from converter.errors import UnwritablePartition
 from converter.layout import (clean_value, codec_of, find_layout_files, read_layout_file,
                               relative_path)
 from converter.storage import LayoutWriter, complete_pending, published_id, write_manifest
@@ -81,7 +82,7 @@ def test_blocked_directory_raises_and_buffers_nothing(tmp_path):
     root.mkdir()
     (root / "saved_session").write_text("in the way")
     writer = LayoutWriter(root, root / ".work" / UNIT, UNIT)
-    with pytest.raises(OSError):
+    with pytest.raises(UnwritablePartition, match="saved_session"):
         writer.write(REL, b"x\t{}\n")
     writer.write("other/f.20130101.v2.log", b"y\t{}\n")
     assert [d for _, d, _ in (_read_all(root) if _publish(writer) else [])] == ["y"]
