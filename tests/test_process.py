@@ -335,3 +335,23 @@ def test_output_that_cannot_be_written_is_one_clear_error(tmp_path, fixtures_dir
     result = CliRunner().invoke(process_command, args)
     assert result.exit_code == 1
     assert "cannot write into" in result.output and "Traceback" not in result.output
+
+
+def test_a_crash_after_the_commit_point_is_completed_by_the_rerun(config, variation_files, monkeypatch):
+    import converter.process as process_module
+    real = process_module.complete_pending
+
+    def crash_once_committed(work):
+        if (work / "manifest.json").exists():
+            raise KeyboardInterrupt("killed right after the commit point")
+        return real(work)
+
+    monkeypatch.setattr(process_module, "complete_pending", crash_once_committed)
+    with pytest.raises(KeyboardInterrupt):
+        process(config, variation_files[:1])
+    assert _records(config.output) == []  # committed, nothing published yet
+    monkeypatch.setattr(process_module, "complete_pending", real)
+    summary = process(config, variation_files[:1])
+    assert summary.files_completed == 1 and summary.records_out == 30
+    assert sorted(d for _, d, _ in _records(config.output)) == \
+        sorted(r.path.split("/")[0] for r in read_records(variation_files[0]))
