@@ -22,7 +22,7 @@ from converter.layout import find_layout_files, read_layout_file
 from converter.process import HEKA_NOTICE, ConverterConfig, process
 from converter.revisions import serve_histograms, write_revision
 from converter.variations import base_record, write_variations
-from receiver.rawlog import Record, encode_record, read_records
+from receiver.rawlog import encode_record, read_records
 
 REPO = "releases/mozilla-release"
 REV = "a55c55edf302"
