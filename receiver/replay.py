@@ -105,6 +105,8 @@ class ReplayConfig:
             raise ReplayError("no raw logs given")
         if urlsplit(self.dest).scheme not in ("http", "https") or not urlsplit(self.dest).netloc:
             raise ReplayError(f"destination must be an http:// or https:// URL, not {self.dest!r}")
+        if not self.dest.isascii() or any(c in self.dest for c in " \r\n\t"):
+            raise ReplayError(f"destination must be an escaped URL (ASCII, no spaces): {self.dest!r}")
         if self.proxy and urlsplit(self.proxy).scheme not in ("http", "https"):
             raise ReplayError(f"proxy must be an http:// or https:// URL, not {self.proxy!r}")
         if not 0 < self.sample <= 1:

@@ -589,6 +589,8 @@ def test_state_file_that_is_not_json_is_an_error(tmp_path):
 
 @pytest.mark.parametrize("args", [
     ["--dest", "ftp://h/%k"],
+    ["--dest", "http://h/sübmit/%k"],
+    ["--dest", "http://h/a b/%k"],
     ["--dest", "http://h/%k", "--sample", "0"],
     ["--dest", "http://h/%k", "--concurrency", "0"],
     ["--dest", "http://h/%k", "--rate", "-1"],
