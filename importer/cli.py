@@ -127,7 +127,7 @@ class _progress_bar:
         self.files += len(chunk.files)
         self.records += chunk.records
         self.bar.set_postfix(files=self.files, records=self.records, refresh=False)
-        self.bar.update(chunk.bytes)
+        self.bar.update(sum(f.size for f in chunk.files))
 
     def close(self) -> None:
         if self.bar is not None:

@@ -17,6 +17,7 @@ import hashlib
 import os
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
@@ -185,7 +186,10 @@ def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
                                      initializer=_init_worker, initargs=(url, options.timeout_ms)) as pool:
                 futures = [pool.submit(_import_in_worker, chunk, names, options) for chunk in chunks]
                 for future in as_completed(futures):
-                    result = future.result()
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        raise ImporterError("an import worker process died; rerun to resume") from None
                     summary.add(result)
                     if progress:
                         progress.update(result)
@@ -244,15 +248,19 @@ def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: 
         for lf in files:
             result = FileResult(lf.relpath, lf.size)
             chunk.files.append(result)
+            entry = entries.get(keys[lf.relpath])
+            finished = entry is not None and entry.get("state") == "done"
             try:
                 stat = lf.path.stat()
+                # Same size and mtime: finished, without reading it again; else the hash decides.
+                if finished and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+                    result.skipped = True
+                    continue
                 digest = file_digest(lf.path)
             except OSError as e:
                 result.error = f"{lf.relpath}: {e.strerror or e}"
                 continue
-            entry = entries.get(keys[lf.relpath])
-            if entry is not None and entry.get("state") == "done" and entry.get("size") == stat.st_size \
-                    and entry.get("sha256") == digest:
+            if finished and entry.get("size") == stat.st_size and entry.get("sha256") == digest:
                 result.skipped = True
                 continue
             result.resumed = entry is not None

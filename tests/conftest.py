@@ -69,7 +69,7 @@ def mongo_client(mongo_url):
 
 
 @pytest.fixture
-def mongo_db(mongo_client, request):
+def mongo_db(mongo_client):
     """A database of this test's own (unique name), dropped afterwards."""
     import uuid
 

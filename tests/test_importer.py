@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import zstandard
 from click.testing import CliRunner
 
 from converter.layout import find_layout_files, read_layout_file
@@ -107,6 +109,23 @@ def test_replace_overwrites_and_drop_starts_over(tmp_path, mongo_url, mongo_db):
     again = import_dataset(tmp_path, mongo_url, _options(mongo_db, drop=True))
     assert again.files_skipped == 0 and again.inserted == 20
     assert mongo_db.payloads.count_documents({"ver": 2}) == 20
+
+
+def test_touched_file_is_skipped_changed_file_is_imported_again(tmp_path, mongo_url, mongo_db):
+    records = make_records(30, seed=4)
+    files = write_layout(tmp_path, records)
+    import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    os.utime(files[0], (1, 1))  # same content, new mtime: the hash says it is done
+    assert import_dataset(tmp_path, mongo_url, _options(mongo_db)).files_skipped == len(files)
+    lines = [line for _, d, line in read_layout_file(files[0])]
+    first_id = next(read_layout_file(files[0]))[1]
+    changed = files[0].with_suffix(".plain")
+    changed.write_text("".join(f"{d}\t{{\"ver\":7}}\n" for _, d, _ in read_layout_file(files[0])))
+    files[0].write_bytes(zstandard.ZstdCompressor().compress(changed.read_bytes()))
+    again = import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    assert again.files_skipped == len(files) - 1 and again.records == len(lines) and again.duplicates == 0
+    assert mongo_db.payloads.find_one({"_id": first_id})["ver"] == 7
+    assert mongo_db.payloads.count_documents({}) == 30
 
 
 def test_corrupt_file_is_reported_and_the_rest_goes_on(tmp_path, mongo_url, mongo_db):
