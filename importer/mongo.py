@@ -155,7 +155,7 @@ def embedded_status(data_dir: str | os.PathLike) -> EmbeddedServer | None:
     server = _read_pid_file(pid_file)
     if server is None:
         return None
-    if _alive(server.pid) and ping(server.url, 1000):
+    if _alive(server.pid) and ping(server.url, 3000):
         return server
     if not _alive(server.pid):
         with contextlib.suppress(FileNotFoundError):
