@@ -41,7 +41,7 @@ def expected_documents(base: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("layout")
-    write_layout(base, make_records(1000, seed=11, payload_kb=1))
+    write_layout(base, make_records(2000, seed=11, payload_kb=1))
     return base
 
 
@@ -71,19 +71,19 @@ def test_fixture_files_import_with_dimensions_and_dots(fixtures_dir, mongo_url, 
 def test_generated_layout_then_rerun_doubles_nothing(generated, mongo_url, mongo_db):
     expected = expected_documents(generated)
     first = import_dataset(generated, mongo_url, _options(mongo_db, batch_size=200))
-    assert first.ok and first.records == 1000 and first.inserted == 1000 and first.duplicates == 0
+    assert first.ok and first.records == 2000 and first.inserted == 2000 and first.duplicates == 0
     stored = {d["_id"]: d for d in mongo_db.payloads.find()}
     assert stored == expected
     assert any(DOT in k for d in stored.values() for k in d["addonDetails"]["XPI"])
     second = import_dataset(generated, mongo_url, _options(mongo_db))
     assert second.files_skipped == second.files == first.files and second.records == 0
-    assert mongo_db.payloads.count_documents({}) == 1000
+    assert mongo_db.payloads.count_documents({}) == 2000
     assert mongo_db.imports.count_documents({"state": "done"}) == first.files
 
 
 def test_keep_dots_and_workers(generated, mongo_url, mongo_db):
     summary = import_dataset(generated, mongo_url, _options(mongo_db, keep_dots=True, workers=2))
-    assert summary.ok and summary.inserted == 1000
+    assert summary.ok and summary.inserted == 2000
     doc = mongo_db.payloads.find_one({"addonDetails.XPI": {"$exists": True}})
     keys = list(doc["addonDetails"]["XPI"])
     assert all("@example.com" in k and DOT not in k for k in keys)
@@ -166,13 +166,13 @@ def test_interrupted_import_resumes_without_duplicates(generated, tmp_path, mong
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     partial = mongo_db.payloads.count_documents({})
-    assert 0 < partial < 1000
+    assert 0 < partial < 2000
     assert mongo_db.imports.count_documents({"state": "started"}) > 0
     rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
     assert rerun.returncode == 0, rerun.stderr
     assert "0 duplicates" in rerun.stdout
     ids = [d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})]
-    assert len(ids) == len(set(ids)) == 1000
+    assert len(ids) == len(set(ids)) == 2000
     assert set(ids) == set(expected_documents(generated))
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
 
