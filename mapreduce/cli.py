@@ -16,7 +16,8 @@ from mapreduce.job import ENGINES, JobConfig, run_job
 
 @click.command("mapreduce", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("job_script", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-f", "--input-filter", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-f", "--input-filter", required=True,
+              type=click.Path(dir_okay=False, path_type=Path),
               help="File containing the filter spec (schema-shaped JSON).")
 @click.option("-d", "--data-dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Base data directory (a layout of published files).")
@@ -29,13 +30,17 @@ from mapreduce.job import ENGINES, JobConfig, run_job
               help="Start N mapper processes.")
 @click.option("-r", "--num-reducers", metavar="N", type=click.IntRange(min=1), default=1,
               show_default=True, help="Start N reducer processes.")
-@click.option("-l", "--local-only", is_flag=True, help="Only process local files (exclude S3 data).")
-@click.option("-b", "--bucket", metavar="NAME", help="S3 bucket name to read matching files from as well.")
+@click.option("-l", "--local-only", is_flag=True,
+              help="Only process local files (exclude S3 data).")
+@click.option("-b", "--bucket", metavar="NAME",
+              help="S3 bucket name to read matching files from as well.")
 @click.option("--endpoint-url", metavar="URL", help="S3 endpoint for S3-compatible stores.")
-@click.option("-k", "--aws-key", metavar="KEY", help="AWS access key (default: boto3's usual sources).")
+@click.option("-k", "--aws-key", metavar="KEY",
+              help="AWS access key (default: boto3's usual sources).")
 @click.option("-s", "--aws-secret-key", metavar="KEY", help="AWS secret key.")
 @click.option("-X", "--delete-data", is_flag=True, help="Delete the input files after mapping.")
-@click.option("-p", "--profile", is_flag=True, help="Write cProfile stats per task to WORK_DIR/profile.")
+@click.option("-p", "--profile", is_flag=True,
+              help="Write cProfile stats per task to WORK_DIR/profile.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="Run on local processes or on a Dask cluster.")
 @click.option("--scheduler", metavar="ADDRESS",

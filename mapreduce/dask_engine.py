@@ -32,14 +32,15 @@ class DaskEngine:
         try:
             from distributed import Client, LocalCluster
         except ImportError:
-            raise JobError("the Dask engine needs dask[distributed]: pip install 'telemetry-platform[dask]'"
-                           ) from None
+            raise JobError("the Dask engine needs dask[distributed]: "
+                           "pip install 'telemetry-platform[dask]'") from None
         try:
             if self.scheduler:
                 self._client = Client(self.scheduler, timeout="30s")
             else:
-                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                             host="127.0.0.1", dashboard_address=None)
+                self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                             processes=True, host="127.0.0.1",
+                                             dashboard_address="127.0.0.1:0")
                 self._client = Client(self._cluster)
         except (OSError, TimeoutError) as e:
             self.__exit__(None, None, None)
@@ -52,8 +53,8 @@ class DaskEngine:
         if self._cluster is not None:
             self._cluster.close()
 
-    def run(self, map_tasks: Sequence[MapTask], reduce_tasks: Sequence[ReduceTask], progress: Progress
-            ) -> tuple[list[MapResult], list[ReduceResult]]:
+    def run(self, map_tasks: Sequence[MapTask], reduce_tasks: Sequence[ReduceTask],
+            progress: Progress) -> tuple[list[MapResult], list[ReduceResult]]:
         progress.phase("map", sum(len(t.files) for t in map_tasks))
         maps = self._gather(run_map_task, map_tasks, progress)
         progress.phase("reduce", 0)
@@ -65,8 +66,10 @@ class DaskEngine:
 
         # A fresh key per run: a long-lived scheduler must never hand back an older run's result.
         run_id = uuid.uuid4().hex
-        futures = {self._client.submit(fn, task, key=f"telemetry-{task.name.replace(' ', '-')}-{run_id}",
-                                       pure=False): task for task in tasks}
+        futures = {}
+        for task in tasks:
+            key = f"telemetry-{task.name.replace(' ', '-')}-{run_id}"
+            futures[self._client.submit(fn, task, key=key, pure=False)] = task
         results: dict[int, Any] = {}
         try:
             for future in as_completed(futures):
@@ -80,7 +83,8 @@ class DaskEngine:
                     if getattr(task, "files", None):
                         where = f" (inputs: {', '.join(f.path for f in task.files[:3])}" \
                                 f"{', ...' if len(task.files) > 3 else ''})"
-                    raise JobError(f"{task.name} failed on Dask: {type(e).__name__}: {e}{where}") from None
+                    raise JobError(f"{task.name} failed on Dask: {type(e).__name__}: {e}{where}"
+                                   ) from None
                 done = list(results.values())
                 progress.update(sum(getattr(r, "files", 0) for r in done),
                                 sum(getattr(r, "records", 0) for r in done))

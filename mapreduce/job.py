@@ -83,14 +83,16 @@ class JobResult:
 
     def summary(self) -> str:
         text = (f"{self.records} records from {self.files} files ({self.bytes / 1e6:.1f} MB) "
-                f"in {self.seconds:.2f}s ({self.cpu_seconds:.2f}s CPU in tasks) with {self.mappers} mappers and {self.reducers} reducers; "
+                f"in {self.seconds:.2f}s ({self.cpu_seconds:.2f}s CPU in tasks) "
+                f"with {self.mappers} mappers and {self.reducers} reducers; "
                 f"{self.output_records} output records in {self.output}")
         if self.downloaded or self.cached:
             text += f"; {len(self.downloaded)} files downloaded, {len(self.cached)} already cached"
         if self.spills:
             text += f"; reducers spilled {self.spills} runs to disk"
         if self.bad_lines:
-            text += f"; {self.bad_lines} bad lines skipped (e.g. {', '.join(self.bad_examples[:3])})"
+            examples = ", ".join(self.bad_examples[:3])
+            text += f"; {self.bad_lines} bad lines skipped (e.g. {examples})"
         return text
 
 
@@ -141,13 +143,14 @@ def find_inputs(config: JobConfig, filter: Schema | None, result: JobResult,
         have = {f.relpath for f in local}
         cache = Path(config.work_dir) / "cache"
         # With the cache as data dir, what is already there is read once, not twice.
+        local_paths = {os.path.realpath(i.path) for i in inputs}
         remote = [r for r in remote if r.key not in have
-                  and os.path.realpath(cache / r.key) not in {os.path.realpath(i.path) for i in inputs}]
+                  and os.path.realpath(cache / r.key) not in local_paths]
         fetched = source.download(remote, cache)
         result.downloaded = [d.key for d in fetched if d.fetched]
         result.cached = [d.key for d in fetched if not d.fetched]
-        log(f"S3 {config.bucket}: {len(remote)} matching files, {len(result.downloaded)} downloaded, "
-            f"{len(result.cached)} already cached")
+        log(f"S3 {config.bucket}: {len(remote)} matching files, "
+            f"{len(result.downloaded)} downloaded, {len(result.cached)} already cached")
         inputs += [InputFile(os.fspath(d.path), tuple(d.dimensions), d.size) for d in fetched]
     return inputs
 
@@ -188,8 +191,8 @@ def run_job(config: JobConfig, log=None) -> JobResult:
         for i, g in enumerate(groups):
             log(f"mapper {i}: {len(g)} files, {sum(f.size for f in g) / 1e6:.1f} MB")
     memory = int(config.reduce_memory_mb * 1024 * 1024)
-    map_tasks = [MapTask(i, tuple(g), os.fspath(work_dir), config.num_reducers, script, config.profile)
-                 for i, g in enumerate(groups)]
+    map_tasks = [MapTask(i, tuple(g), os.fspath(work_dir), config.num_reducers, script,
+                         config.profile) for i, g in enumerate(groups)]
     reduce_tasks = [ReduceTask(r, tuple(range(mappers)), os.fspath(work_dir), script, memory,
                                config.profile) for r in range(config.num_reducers)]
     progress = Progress(config.progress)

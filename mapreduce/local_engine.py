@@ -85,8 +85,8 @@ def _run_all(fn: Callable[..., Any], tasks: Sequence[Any], progress: Progress) -
             child_end.close()
             running[task.index] = (task, proc, parent_end, state)
         while running:
-            ready = set(wait([r[2] for r in running.values()] + [r[1].sentinel for r in running.values()],
-                             timeout=POLL_SECONDS))
+            handles = [r[2] for r in running.values()] + [r[1].sentinel for r in running.values()]
+            ready = set(wait(handles, timeout=POLL_SECONDS))
             for index, (task, proc, conn, state) in list(running.items()):
                 if conn in ready or proc.sentinel in ready:
                     message = _receive(conn)

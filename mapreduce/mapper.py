@@ -57,8 +57,9 @@ def _map(task: MapTask, progress: MutableSequence[int] | None) -> MapResult:
         try:
             context.finish()
         except Exception as e:
-            raise JobError(f"{task.name} could not write its output after {records_before} records "
-                           f"(is every key and value picklable?): {type(e).__name__}: {e}") from None
+            raise JobError(f"{task.name} could not write its output after {records_before} "
+                           f"records (is every key and value picklable?): "
+                           f"{type(e).__name__}: {e}") from None
     except BaseException:
         writer.abort()
         raise

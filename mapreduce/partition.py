@@ -51,8 +51,9 @@ class PartitionWriter:
         self.pairs = 0
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        # Every part file exists, even empty, so a reducer can tell a missing mapper from a quiet one.
-        self._files: list[BinaryIO] = [open(directory / f"part_{r}", "wb") for r in range(partitions)]
+        # Every part file exists, even empty: a reducer tells a missing mapper from a quiet one.
+        self._files: list[BinaryIO] = [open(directory / f"part_{r}", "wb")
+                                       for r in range(partitions)]
         self._buffers: list[list[tuple[Any, Any]]] = [[] for _ in range(partitions)]
 
     def add(self, key: Any, value: Any) -> None:

@@ -1,4 +1,6 @@
-"""``--profile``: cProfile statistics per task, in ``{work_dir}/profile/{task}.prof``; CPU time always.
+"""Per-task measurements: CPU time always; with ``--profile``, cProfile statistics.
+
+The statistics go to ``{work_dir}/profile/{task}.prof``.
 
 Read them with ``python -m pstats FILE`` or snakeviz.
 """
@@ -16,7 +18,8 @@ def profile_path(work_dir: str | os.PathLike, task_name: str) -> Path:
     return Path(work_dir) / "profile" / f"{task_name}.prof"
 
 
-def profiled(enabled: bool, work_dir: str, task_name: str, fn: Callable[..., Any], *args: Any) -> Any:
+def profiled(enabled: bool, work_dir: str, task_name: str, fn: Callable[..., Any],
+             *args: Any) -> Any:
     """Run a task, profiled if asked, and record the CPU time its thread used in the result."""
     start = time.thread_time()
     if not enabled:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import os
 import pickle
 import shutil
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 from mapreduce.context import COMBINE_SIZE, Collector, ReduceContext
 from mapreduce.errors import JobError
-from mapreduce.partition import PICKLE_PROTOCOL, key_token, part_path, read_frames, reducer_output_path
+from mapreduce.partition import (PICKLE_PROTOCOL, key_token, part_path, read_frames,
+                                 reducer_output_path)
 from mapreduce.profiling import profiled
 from mapreduce.script import load_script
 from mapreduce.task import ReduceResult, ReduceTask
@@ -63,8 +63,8 @@ def _reduce(task: ReduceTask) -> ReduceResult:
                 raise JobError(f"{task.name}: cannot read {path} frame {frame_no + 1}: "
                                f"{type(e).__name__}: {e}") from None
             except Exception as e:
-                raise JobError(f"{task.name}: combine failed while reading {path} frame {frame_no}: "
-                               f"{type(e).__name__}: {e}") from None
+                raise JobError(f"{task.name}: combine failed while reading {path} frame "
+                               f"{frame_no}: {type(e).__name__}: {e}") from None
         output = reducer_output_path(task.work_dir, task.index)
         with open(output, "w", encoding="utf-8", newline="") as out:
             context = ReduceContext(out)
@@ -72,7 +72,8 @@ def _reduce(task: ReduceTask) -> ReduceResult:
                 try:
                     script.setup_reduce(context)
                 except Exception as e:
-                    raise JobError(f"{task.name}: setup_reduce failed: {type(e).__name__}: {e}") from None
+                    raise JobError(f"{task.name}: setup_reduce failed: "
+                                   f"{type(e).__name__}: {e}") from None
             for key, values in groups.items():
                 result.keys += 1
                 try:
@@ -95,7 +96,8 @@ def _inputs(task: ReduceTask) -> str:
 class Groups:
     """Values grouped by key, spilled to sorted runs on disk past a memory budget."""
 
-    def __init__(self, memory_bytes: int, spill_dir: Path, combine: Callable[..., Any] | None = None):
+    def __init__(self, memory_bytes: int, spill_dir: Path,
+                 combine: Callable[..., Any] | None = None):
         self.memory_bytes = memory_bytes
         self.spill_dir = spill_dir
         self.combine = combine

@@ -101,9 +101,11 @@ class S3Source:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            yield from self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, **kwargs)
+            paginator = self.client.get_paginator("list_objects_v2")
+            yield from paginator.paginate(Bucket=self.bucket, **kwargs)
         except (BotoCoreError, ClientError) as e:
-            raise JobError(f"cannot list s3://{self.bucket}/{kwargs.get('Prefix', '')}: {e}") from None
+            prefix = kwargs.get("Prefix", "")
+            raise JobError(f"cannot list s3://{self.bucket}/{prefix}: {e}") from None
 
     def list(self, filter: Schema | None) -> list[RemoteFile]:
         """Every published file in the bucket whose dimensions pass ``filter``."""

@@ -69,15 +69,19 @@ def load_script(source: ScriptSource) -> JobScript:
         code = compile(source.text, source.path, "exec")
         exec(code, module.__dict__)
     except SyntaxError as e:
-        raise ConfigError(f"job script {source.path} line {e.lineno}: syntax error: {e.msg}") from None
+        raise ConfigError(f"job script {source.path} line {e.lineno}: syntax error: {e.msg}"
+                          ) from None
     except Exception as e:
-        raise ConfigError(f"job script {source.path} failed to load: {type(e).__name__}: {e}") from None
-    functions = {name: getattr(module, name, None) for name in ("map", "reduce", "combine", "setup_reduce")}
+        raise ConfigError(f"job script {source.path} failed to load: "
+                          f"{type(e).__name__}: {e}") from None
+    functions = {name: getattr(module, name, None)
+                 for name in ("map", "reduce", "combine", "setup_reduce")}
     for name, fn in functions.items():
         if fn is not None and not callable(fn):
             raise ConfigError(f"job script {source.path}: {name} is not a function")
     if functions["map"] is None:
-        raise ConfigError(f"job script {source.path} has no map(key, dimensions, value, context) function")
+        raise ConfigError(f"job script {source.path} has no "
+                          f"map(key, dimensions, value, context) function")
     script = JobScript(module, **functions)
     _loaded[(source.path, source.digest)] = script
     return script

@@ -92,7 +92,8 @@ def test_os_distribution_same_for_any_number_of_tasks(tmp_path, layout, records,
     assert lines(out) == sorted(f"{k}\t{v}" for k, v in expected.items())
     assert (result.mappers, result.reducers, result.records) == (mappers, reducers, len(records))
     # Intermediate files are gone after a successful run; the output alone remains.
-    assert not list((tmp_path / "work").glob("mapper_*")) and not list((tmp_path / "work").glob("reducer_*"))
+    work = tmp_path / "work"
+    assert not list(work.glob("mapper_*")) and not list(work.glob("reducer_*"))
 
 
 def test_record_count_and_dimensions(tmp_path, layout, records):
@@ -109,7 +110,8 @@ def test_histogram_distribution(tmp_path, layout, records):
         h = r.payload["histograms"]["GC_MS"]
         v = h[:-5] + [h[-5]]
         sums[r.dimensions[2]] = [a + b for a, b in zip(sums.get(r.dimensions[2], [0] * len(v)), v)]
-    _, out = run(tmp_path, EXAMPLES / "histogram_distribution.py", layout, num_mappers=3, num_reducers=2)
+    _, out = run(tmp_path, EXAMPLES / "histogram_distribution.py", layout,
+                 num_mappers=3, num_reducers=2)
     got = {line.split("\t")[0]: json.loads(line.split("\t")[1]) for line in out.splitlines()}
     assert got == sums
 
@@ -132,8 +134,9 @@ COMBINE = """
 def test_combine_does_not_change_results(tmp_path, layout, records, mappers, reducers):
     with_combine = write_job(tmp_path / "a", COUNT_BY_VERSION.format(combine=COMBINE))
     without = write_job(tmp_path / "b", COUNT_BY_VERSION.format(combine=""))
-    _, out_with = run(tmp_path / "1", with_combine, layout, num_mappers=mappers, num_reducers=reducers)
-    _, out_without = run(tmp_path / "2", without, layout, num_mappers=mappers, num_reducers=reducers)
+    counts = {"num_mappers": mappers, "num_reducers": reducers}
+    _, out_with = run(tmp_path / "1", with_combine, layout, **counts)
+    _, out_without = run(tmp_path / "2", without, layout, **counts)
     expected = Counter(r.dimensions[3] for r in records)
     assert lines(out_with) == lines(out_without) == sorted(f"{k}\t{v}" for k, v in expected.items())
 
@@ -269,9 +272,11 @@ def test_assign_files_largest_first_to_least_loaded():
 
 def test_partition_is_stable_across_processes():
     keys = ["WINNT", ("Firefox", 23), 42, "ünïcode"]
-    code = f"from mapreduce.partition import partition_of; print([partition_of(k, 7) for k in {keys!r}])"
+    code = ("from mapreduce.partition import partition_of; "
+            f"print([partition_of(k, 7) for k in {keys!r}])")
     seen = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed},
-                           capture_output=True, text=True, check=True).stdout for seed in ("1", "2")}
+                           capture_output=True, text=True, check=True).stdout
+            for seed in ("1", "2")}
     assert seen == {f"{[partition_of(k, 7) for k in keys]}\n"}
     assert len({partition_of(f"k{i}", 7) for i in range(100)}) == 7
 
@@ -332,9 +337,9 @@ def test_map_exception_fails_the_job_naming_file_and_line(tmp_path, layout):
     assert f"{path} line {line_no}" in message and "KeyError" in message and "mapper" in message
     assert multiprocessing.active_children() == []
     # Through the CLI the same failure is exit 1 with the message, no traceback of ours.
-    res = CliRunner().invoke(mapreduce_command, [str(job), "-f", str(FILTER_ALL), "-d", str(layout),
-                                                 "-w", str(tmp_path / "w"), "-o", str(tmp_path / "o"),
-                                                 "-l", "-m", "2"])
+    res = CliRunner().invoke(mapreduce_command, [
+        str(job), "-f", str(FILTER_ALL), "-d", str(layout), "-w", str(tmp_path / "w"),
+        "-o", str(tmp_path / "o"), "-l", "-m", "2"])
     assert res.exit_code == 1 and f"line {line_no}" in res.output
 
 
@@ -343,8 +348,8 @@ def test_map_exception_fails_the_job_naming_file_and_line(tmp_path, layout):
     ("os._exit(3)", "exited with code 3"),
     ("sys.exit(4)", "SystemExit: 4"),
 ])
-def test_dead_mapper_fails_the_job_and_rerun_gives_the_right_answer(tmp_path, layout, records, death,
-                                                                    expected):
+def test_dead_mapper_fails_the_job_and_rerun_gives_the_right_answer(tmp_path, layout, records,
+                                                                    death, expected):
     path, line_no, doc_id = failing_record(layout, 200)
     job = write_job(tmp_path, f"""
         import os, signal, sys
@@ -398,8 +403,9 @@ def test_bad_job_scripts_are_config_errors(tmp_path, fixtures_dir, source, messa
     ({"input_filter": Path("/nonexistent/filter.json")}, "is not a file"),
 ])
 def test_bad_configs_are_config_errors(tmp_path, fixtures_dir, change, message):
-    config = JobConfig(job_script=EXAMPLES / "os_distribution.py", data_dir=fixtures_dir / "converted",
-                       work_dir=tmp_path / "w", output=tmp_path / "o", input_filter=FILTER_ALL)
+    config = JobConfig(job_script=EXAMPLES / "os_distribution.py",
+                       data_dir=fixtures_dir / "converted", work_dir=tmp_path / "w",
+                       output=tmp_path / "o", input_filter=FILTER_ALL)
     for k, v in change.items():
         setattr(config, k, v)
     with pytest.raises(ConfigError, match=message):
@@ -434,14 +440,16 @@ def test_usage_errors_exit_2(args, message):
 
 def test_python_m_mapreduce_job_runs_the_original_command_line(tmp_path, fixtures_dir):
     out = tmp_path / "out.txt"
-    proc = subprocess.run([sys.executable, "-m", "mapreduce.job", str(EXAMPLES / "os_distribution.py"),
-                           "--input-filter", str(FILTER_ALL), "--data-dir", str(fixtures_dir / "converted"),
+    proc = subprocess.run([sys.executable, "-m", "mapreduce.job",
+                           str(EXAMPLES / "os_distribution.py"), "--input-filter", str(FILTER_ALL),
+                           "--data-dir", str(fixtures_dir / "converted"),
                            "--work-dir", str(tmp_path / "w"), "--output", str(out), "--local-only",
                            "--num-mappers", "2"], capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "WINNT\t5\n"
     assert "5 records from 2 files" in proc.stderr
-    bad = subprocess.run([sys.executable, "-m", "mapreduce.job", "job.py"], capture_output=True, text=True)
+    bad = subprocess.run([sys.executable, "-m", "mapreduce.job", "job.py"],
+                         capture_output=True, text=True)
     assert bad.returncode == 2 and "Missing option" in bad.stderr
 
 

@@ -20,7 +20,7 @@ def scheduler():
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address=None) as cluster:
+                      dashboard_address="127.0.0.1:0") as cluster:
         yield cluster.scheduler_address
 
 
@@ -33,9 +33,10 @@ def layout(tmp_path_factory):
 
 def run(tmp_path, script, data, engine, scheduler=None, **kw):
     out = tmp_path / f"{engine}-{script.stem}.txt"
-    result = run_job(JobConfig(job_script=script, data_dir=data, work_dir=tmp_path / f"work-{engine}",
-                               output=out, input_filter=EXAMPLES / "filter_all.json", engine=engine,
-                               scheduler=scheduler, **kw), log=lambda m: None)
+    config = JobConfig(job_script=script, data_dir=data, work_dir=tmp_path / f"work-{engine}",
+                       output=out, input_filter=EXAMPLES / "filter_all.json", engine=engine,
+                       scheduler=scheduler, **kw)
+    result = run_job(config, log=lambda m: None)
     return result, out.read_bytes()
 
 
@@ -52,7 +53,9 @@ def test_dask_map_failure_names_file_and_line(tmp_path, scheduler, layout):
     f = max(find_layout_files(layout), key=lambda f: f.size)
     line_no, doc_id, _ = list(read_layout_file(f.path))[-1]
     job = tmp_path / "job.py"
-    job.write_text(f"def map(k, d, v, cx):\n    if k == {doc_id!r}:\n        raise ValueError('boom')\n"
+    job.write_text(f"def map(k, d, v, cx):\n"
+                   f"    if k == {doc_id!r}:\n"
+                   f"        raise ValueError('boom')\n"
                    f"    cx.write(k, 1)\n")
     with pytest.raises(JobError) as err:
         run(tmp_path, job, layout, "dask", scheduler, num_mappers=2)
@@ -65,9 +68,9 @@ def test_cli_runs_the_dask_engine_on_a_scheduler(tmp_path, scheduler, fixtures_d
     from mapreduce.cli import mapreduce
 
     out = tmp_path / "out.txt"
-    res = CliRunner().invoke(mapreduce, [str(EXAMPLES / "os_distribution.py"), "-f",
-                                         str(EXAMPLES / "filter_all.json"), "-d", str(fixtures_dir / "converted"),
-                                         "-w", str(tmp_path / "w"), "-o", str(out), "-l",
-                                         "--engine", "dask", "--scheduler", scheduler])
+    res = CliRunner().invoke(mapreduce, [
+        str(EXAMPLES / "os_distribution.py"), "-f", str(EXAMPLES / "filter_all.json"),
+        "-d", str(fixtures_dir / "converted"), "-w", str(tmp_path / "w"), "-o", str(out), "-l",
+        "--engine", "dask", "--scheduler", scheduler])
     assert res.exit_code == 0, res.output
     assert out.read_text() == "WINNT\t5\n"

@@ -46,9 +46,9 @@ def bucket(s3_endpoint, tmp_path):
 def config(tmp_path, bucket_name, endpoint, filter, data=None, **kw) -> JobConfig:
     data = data or tmp_path / "empty"
     data.mkdir(exist_ok=True)
-    return JobConfig(job_script=EXAMPLES / "os_distribution.py", data_dir=data, work_dir=tmp_path / "work",
-                     output=tmp_path / "out.txt", input_filter=filter, num_mappers=2, bucket=bucket_name,
-                     endpoint_url=endpoint, **kw)
+    return JobConfig(job_script=EXAMPLES / "os_distribution.py", data_dir=data,
+                     work_dir=tmp_path / "work", output=tmp_path / "out.txt", input_filter=filter,
+                     num_mappers=2, bucket=bucket_name, endpoint_url=endpoint, **kw)
 
 
 def test_bucket_job_downloads_only_matching_keys_then_uses_the_cache(tmp_path, s3_endpoint, bucket):
@@ -63,7 +63,8 @@ def test_bucket_job_downloads_only_matching_keys_then_uses_the_cache(tmp_path, s
     cached = sorted(p.relative_to(tmp_path / "work" / "cache").as_posix()
                     for p in (tmp_path / "work" / "cache").rglob("*.zst"))
     assert cached == matching
-    expected = Counter(r.payload["info"]["OS"] for r in records if Schema.load(filter).allows(r.dimensions))
+    raw_filter = Schema.load(filter)
+    expected = Counter(r.payload["info"]["OS"] for r in records if raw_filter.allows(r.dimensions))
     assert sorted((tmp_path / "out.txt").read_text().splitlines()) == \
         sorted(f"{k}\t{v}" for k, v in expected.items())
     # A second run fetches nothing: same size and ETag are already in the cache.
@@ -76,10 +77,12 @@ def test_local_files_are_not_downloaded_again(tmp_path, s3_endpoint, bucket):
     name, records, keys = bucket
     filter = write_filter(tmp_path / "f.json", appName="Fennec")
     data = tmp_path / "data"
-    write_layout(data, [r for r in records if r.dimensions[1] == "Fennec"][:1])  # one extra local file
+    # One extra local file.
+    write_layout(data, [r for r in records if r.dimensions[1] == "Fennec"][:1])
     # The cache used as data dir: what is already there is read once, not twice.
     first = run_job(config(tmp_path, name, s3_endpoint, filter), log=lambda m: None)
-    cache_as_data = run_job(config(tmp_path, name, s3_endpoint, filter, data=tmp_path / "work" / "cache"),
+    cache = tmp_path / "work" / "cache"
+    cache_as_data = run_job(config(tmp_path, name, s3_endpoint, filter, data=cache),
                             log=lambda m: None)
     assert cache_as_data.downloaded == [] and cache_as_data.cached == []
     assert cache_as_data.records == first.records
@@ -96,8 +99,10 @@ def test_key_prefixes_list_only_levels_without_value_lists():
         {"field_name": "appBuildID", "allowed_values": "*"},
         {"field_name": "submission_date", "allowed_values": "*"}]}))
     asked = []
-    tree = {"saved_session/Firefox/": ["nightly", "release"], "saved_session/Fennec/": ["beta"],
-            "saved_session/Firefox/nightly/": ["23.0", "26.0a1"], "saved_session/Firefox/release/": ["24.0"],
+    tree = {"saved_session/Firefox/": ["nightly", "release"],
+            "saved_session/Fennec/": ["beta"],
+            "saved_session/Firefox/nightly/": ["23.0", "26.0a1"],
+            "saved_session/Firefox/release/": ["24.0"],
             "saved_session/Fennec/beta/": ["25.0"]}
 
     def list_level(prefix):
@@ -108,8 +113,9 @@ def test_key_prefixes_list_only_levels_without_value_lists():
         "saved_session/Firefox/nightly/26.0a1/", "saved_session/Firefox/release/24.0/",
         "saved_session/Fennec/beta/25.0/"]
     # The first two levels became prefixes without listing; "23.0" was pruned without entering it.
-    assert asked == ["saved_session/Firefox/", "saved_session/Fennec/", "saved_session/Firefox/nightly/",
-                     "saved_session/Firefox/release/", "saved_session/Fennec/beta/"]
+    assert asked == ["saved_session/Firefox/", "saved_session/Fennec/",
+                     "saved_session/Firefox/nightly/", "saved_session/Firefox/release/",
+                     "saved_session/Fennec/beta/"]
 
 
 def test_missing_bucket_is_a_job_error(tmp_path, s3_endpoint):
