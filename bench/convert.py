@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -71,8 +72,8 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> tuple[float, float]:
-    """Run the real command: (wall s, CPU s of it and its workers)."""
+def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> tuple[float, float, float]:
+    """Run the real command: (wall s, CPU s of the command, CPU s its workers spent converting)."""
     telemetry = Path(sys.executable).parent / "telemetry"
     args = [str(telemetry), "process", *map(str, raw_files), "--output", str(out),
             "--schema", str(FIXTURES / "telemetry_schema.json"), "--histogram-cache", str(cache),
@@ -82,7 +83,8 @@ def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> 
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"telemetry process failed: {done.stderr or done.stdout}")
-    return seconds, _children_cpu() - cpu
+    found = re.search(r"([\d.]+) CPU s converting", done.stdout)
+    return seconds, _children_cpu() - cpu, float(found.group(1)) if found else float("nan")
 
 
 def main() -> None:
@@ -105,19 +107,21 @@ def main() -> None:
         print(f"dataset: {mb:.1f} MB in {len(raw_files)} raw files (built in {time.perf_counter() - t:.1f} s)")
 
         floor_s, floor_cpu, n = floor(raw_files)
-        results = {"floor (gunzip+parse+serialize+compress)": (floor_s, floor_cpu)}
+        results = {"floor (gunzip+parse+serialize+compress)": (floor_s, floor_cpu, floor_cpu)}
         for workers in (1, 2):
             results[f"telemetry process, {workers} worker(s)"] = run_process(
                 raw_files, work / f"out{workers}", cache, workers)
-        print(f"{'':45s} {'wall':>9s}  {'MB/s':>7s}  {'records/s':>9s}  {'CPU':>8s}")
-        for name, (seconds, cpu) in results.items():
-            # forkserver workers are grandchildren, so their CPU time is not seen from here
+        print(f"{'':45s} {'wall':>9s}  {'MB/s':>7s}  {'records/s':>9s}  {'CPU':>8s}  {'converting':>10s}")
+        for name, (seconds, cpu, converting) in results.items():
+            # forkserver workers are grandchildren: their CPU shows in "converting" only
             cpu_text = f"{cpu:6.2f} s" if "2 worker" not in name else "     n/a"
-            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f}  {n / seconds:9.0f}  {cpu_text}")
-        one, one_cpu = results["telemetry process, 1 worker(s)"]
-        two, _ = results["telemetry process, 2 worker(s)"]
+            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f}  {n / seconds:9.0f}  {cpu_text}"
+                  f"  {converting:8.2f} s")
+        one, one_cpu, one_conv = results["telemetry process, 1 worker(s)"]
+        two, _, two_conv = results["telemetry process, 2 worker(s)"]
         print(f"1 worker / floor: {floor_s / one:.0%} wall, {floor_cpu / one_cpu:.0%} CPU (target >= 40%)")
-        print(f"2 workers / 1 worker: {one / two:.2f}x wall (target >= 1.7x; needs 2 idle cores)")
+        print(f"2 workers / 1 worker: {one / two:.2f}x wall (target >= 1.7x; needs 2 idle cores); "
+              f"CPUs kept busy converting: {one_conv / one:.2f} with 1 worker, {two_conv / two:.2f} with 2")
         print(f"load average while running: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
               "(figures above 1 per CPU mean the machine was shared)")
     finally:

@@ -149,6 +149,7 @@ class UnitResult:
     error_files: list[str] = field(default_factory=list)
     skipped_bytes: int = 0
     read_problems: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0
 
 
 @dataclass
@@ -168,6 +169,7 @@ class ProcessSummary:
     error_files: list[str] = field(default_factory=list)
     skipped_bytes: int = 0
     read_problems: list[str] = field(default_factory=list)
+    cpu_seconds: float = 0.0         # spent converting, summed over workers
     seconds: float = 0.0
 
     def add(self, r: UnitResult) -> None:
@@ -187,6 +189,7 @@ class ProcessSummary:
         self.error_files.extend(r.error_files)
         self.skipped_bytes += r.skipped_bytes
         self.read_problems.extend(r.read_problems)
+        self.cpu_seconds += r.cpu_seconds
 
     @property
     def records_rejected(self) -> int:
@@ -214,7 +217,8 @@ class ProcessSummary:
         if self.seconds:
             mb = self.bytes_in / 1e6
             out.append(f"time: {self.seconds:.1f} s ({mb / self.seconds:.1f} MB/s, "
-                       f"{self.records_in / self.seconds:.0f} records/s)")
+                       f"{self.records_in / self.seconds:.0f} records/s; "
+                       f"{self.cpu_seconds:.1f} CPU s converting)")
         return out
 
 
@@ -333,6 +337,7 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(config.errors / WORK_DIR / unit.unit_id, ignore_errors=True)
 
+    cpu_start = time.process_time()
     result = UnitResult(unit.source, unit.unit_id)
     memory = config.memory_constraint * 1024 * 1024 if config.memory_constraint else None
     writer = LayoutWriter(output, work, unit.unit_id, config.codec, config.compression_preset,
@@ -390,6 +395,7 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
     result.read_problems = reader.stats.errors[:20]
     result.published = [p.target for p in writer.pending]
     result.error_files = [p.target for p in pending[len(writer.pending):]]
+    result.cpu_seconds = time.process_time() - cpu_start
     write_manifest(work, pending, asdict(result))
     complete_pending(work)
     _mark_done(marker, result, work, config)
