@@ -109,6 +109,8 @@ def aggregate(name, measure, by, filter_path, schema_path, database, collection,
         raise click.ClickException(f"the pipeline failed: {e}") from None
     finally:
         client.close()
+    if not rows:
+        click.echo(f"no rows: is {database}.{collection} imported?", err=True)
     click.echo(format_rows(rows, columns, fmt), nl=False)
 
 

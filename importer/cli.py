@@ -100,6 +100,8 @@ def import_(dataset, database, collection, drop, workers, batch_size, write_conc
         click.echo(f"failed: {error}", err=True)
     for example in summary.examples:
         click.echo(f"bad record: {example}", err=True)
+    if summary.files == 0:
+        click.echo(f"no layout files under {dataset}", err=True)
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
     if not summary.ok:
         sys.exit(1)
