@@ -35,11 +35,13 @@ from converter.revisions import RevisionCache
 from converter.schema import Schema, SchemaError
 from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWriter, complete_pending,
                                fsync_dir, write_durably, write_manifest)
-from receiver.rawlog import RawLogReader, finished_files
+from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, finished_files
 
 STATE_DIR = ".state"
 WORK_DIR = ".work"
 ERRORS_DIR = ".errors"
+NO_HISTOGRAMS_NOTICE = ("no histogram_cache or histogram_server given: pings with histograms "
+                        "will be rejected as missing_revision")
 HEKA_NOTICE = ("heka_server is no longer used: converter metrics go to the run summary "
                "(and the stats/metrics outputs) instead")
 
@@ -117,6 +119,8 @@ class ConverterConfig:
             raise ConfigError(f"compression_preset must be an integer, not {self.compression_preset!r}")
         if self.heka_server is not None and HEKA_NOTICE not in self.notices:
             self.notices.append(HEKA_NOTICE)
+        if not self.histogram_cache and not self.histogram_server and NO_HISTOGRAMS_NOTICE not in self.notices:
+            self.notices.append(NO_HISTOGRAMS_NOTICE)
 
     @property
     def output(self) -> Path:
@@ -394,7 +398,7 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
     result.skipped_bytes = reader.stats.skipped_bytes
     result.read_problems = reader.stats.errors[:20]
     result.published = [p.target for p in writer.pending]
-    result.error_files = [p.target for p in pending[len(writer.pending):]]
+    result.error_files = [p.target for p in pending[len(writer.pending):] if p.target.endswith(FINISHED_SUFFIX)]
     result.cpu_seconds = time.process_time() - cpu_start
     write_manifest(work, pending, asdict(result))
     complete_pending(work)
