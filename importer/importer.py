@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterable, Protocol
+from typing import Iterable, Protocol
 
 import pymongo
 from pymongo import ReplaceOne, UpdateOne, WriteConcern

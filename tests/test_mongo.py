@@ -81,3 +81,10 @@ def test_validate_and_redact():
 def test_default_data_dir():
     assert default_data_dir({"XDG_DATA_HOME": "/x"}) == Path("/x/telemetry/mongo")
     assert default_data_dir({"HOME": "/home/u"}) == Path("/home/u/.local/share/telemetry/mongo")
+
+
+def test_commands_are_in_the_telemetry_group():
+    from telemetry.cli import main
+
+    assert {"import", "mongo", "aggregate", "compare"} <= set(main.commands)
+    assert set(main.commands["mongo"].commands) == {"start", "stop", "status"}
