@@ -60,7 +60,8 @@ class Comparison:
             for c in values:
                 row += [_short(cell(m.get(c)), width) if m else "-", _short(cell(j.get(c)), width) if j else "-"]
             cells.append(row)
-        out = [f"{self.name}: mongo pipeline vs mapreduce job", table(cells, header).rstrip("\n")]
+        numeric = [False] * len(self.keys) + [None] * (len(header) - len(self.keys))
+        out = [f"{self.name}: mongo pipeline vs mapreduce job", table(cells, header, numeric).rstrip("\n")]
         if self.differences:
             out.append(f"{len(self.differences)} difference(s):")
             out += [f"  {_key_text(self.keys, d.key)}: {d.what}" for d in self.differences]

@@ -35,17 +35,23 @@ def format_rows(rows: list[dict[str, Any]], columns: list[str], fmt: str = "tabl
             writer.writerow([cell(r.get(c)) for c in columns])
         return out.getvalue()
     if fmt == "table":
-        return table([[cell(r.get(c)) for c in columns] for r in rows], columns)
+        numeric = [all(_is_numeric_value(r.get(c)) for r in rows) for c in columns]
+        return table([[cell(r.get(c)) for c in columns] for r in rows], columns, numeric)
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def table(cells: list[list[str]], header: list[str]) -> str:
-    """An aligned text table: numbers to the right, text to the left."""
+def table(cells: list[list[str]], header: list[str], numeric: list[bool | None] | None = None) -> str:
+    """An aligned text table: numbers to the right, text (a date too) to the left.
+
+    ``numeric`` says which columns hold numbers; a None in it, or no list,
+    means: guess from the cells.
+    """
     widths = [len(h) for h in header]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    numeric = [all(_is_number(row[i]) for row in cells if row[i]) and any(row[i] for row in cells)
-               for i in range(len(header))]
+    guess = [all(_is_number(row[i]) for row in cells if row[i]) and any(row[i] for row in cells)
+             for i in range(len(header))]
+    numeric = [g if n is None else n for g, n in zip(guess, numeric or [None] * len(header))]
 
     def line(values: list[str]) -> str:
         parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
@@ -54,6 +60,10 @@ def table(cells: list[list[str]], header: list[str]) -> str:
     out = [line(header), "  ".join("-" * w for w in widths)]
     out += [line(row) for row in cells]
     return "\n".join(out) + "\n"
+
+
+def _is_numeric_value(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 def _is_number(text: str) -> bool:
