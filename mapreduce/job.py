@@ -80,10 +80,12 @@ class JobResult:
     cached: list[str] = field(default_factory=list)       # S3 keys already in the cache
     seconds: float = 0.0
     cpu_seconds: float = 0.0                              # used by the map and reduce tasks
+    peak_task_rss_mb: float = 0.0                         # the largest task process's peak RSS
 
     def summary(self) -> str:
         text = (f"{self.records} records from {self.files} files ({self.bytes / 1e6:.1f} MB) "
-                f"in {self.seconds:.2f}s ({self.cpu_seconds:.2f}s CPU in tasks) "
+                f"in {self.seconds:.2f}s ({self.cpu_seconds:.2f}s CPU in tasks, "
+                f"peak {self.peak_task_rss_mb:.0f} MB per task) "
                 f"with {self.mappers} mappers and {self.reducers} reducers; "
                 f"{self.output_records} output records in {self.output}")
         if self.downloaded or self.cached:
@@ -226,6 +228,7 @@ def run_job(config: JobConfig, log=None) -> JobResult:
 
 def _tally(result: JobResult, maps: list[MapResult], reduces: list[ReduceResult]) -> None:
     result.cpu_seconds = sum(t.cpu_seconds for t in [*maps, *reduces])
+    result.peak_task_rss_mb = max(t.peak_rss_mb for t in [*maps, *reduces])
     for m in maps:
         result.records += m.records
         result.bad_lines += m.bad_lines

@@ -57,6 +57,7 @@ class MapResult:
     bad_examples: list[str] = field(default_factory=list)
     pairs: int = 0
     cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
 
 
 @dataclass
@@ -66,6 +67,7 @@ class ReduceResult:
     records: int = 0
     spills: int = 0
     cpu_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
 
 
 # Slots of the progress array a task updates as it goes, so the parent can show a
