@@ -53,7 +53,7 @@ def build_dataset(directory: Path, size_mb: float, files: int) -> list[Path]:
 
 
 def floor(raw_files: list[Path]) -> tuple[float, float, int]:
-    """Gunzip + parse + serialize + compress every record, nothing else: (wall s, CPU s, records)."""
+    """Gunzip + parse + serialize + compress every record: (wall s, CPU s, records)."""
     start, cpu = time.perf_counter(), time.process_time()
     n = 0
     with open(Path(tempfile.gettempdir()) / "floor.zst", "wb") as out:
@@ -72,7 +72,8 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> tuple[float, float, float]:
+def run_process(raw_files: list[Path], out: Path, cache: Path,
+                workers: int) -> tuple[float, float, float]:
     """Run the real command: (wall s, CPU s of the command, CPU s its workers spent converting)."""
     telemetry = Path(sys.executable).parent / "telemetry"
     args = [str(telemetry), "process", *map(str, raw_files), "--output", str(out),
@@ -89,7 +90,8 @@ def run_process(raw_files: list[Path], out: Path, cache: Path, workers: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size-mb", type=float, default=100, help="raw input size (default 100 MB)")
+    parser.add_argument("--size-mb", type=float, default=100,
+                        help="raw input size (default 100 MB)")
     parser.add_argument("--files", type=int, default=8, help="raw files to split it into")
     parser.add_argument("--dir", help="work directory (default: a temporary one, removed)")
     args = parser.parse_args()
@@ -104,24 +106,29 @@ def main() -> None:
         t = time.perf_counter()
         raw_files = build_dataset(raw_dir, args.size_mb, args.files)
         mb = sum(p.stat().st_size for p in raw_files) / 1e6
-        print(f"dataset: {mb:.1f} MB in {len(raw_files)} raw files (built in {time.perf_counter() - t:.1f} s)")
+        built = time.perf_counter() - t
+        print(f"dataset: {mb:.1f} MB in {len(raw_files)} raw files (built in {built:.1f} s)")
 
         floor_s, floor_cpu, n = floor(raw_files)
         results = {"floor (gunzip+parse+serialize+compress)": (floor_s, floor_cpu, floor_cpu)}
         for workers in (1, 2):
             results[f"telemetry process, {workers} worker(s)"] = run_process(
                 raw_files, work / f"out{workers}", cache, workers)
-        print(f"{'':45s} {'wall':>9s}  {'MB/s':>7s}  {'records/s':>9s}  {'CPU':>8s}  {'converting':>10s}")
+        print(f"{'':45s} {'wall':>9s}  {'MB/s':>7s}  {'records/s':>9s}  {'CPU':>8s}  "
+              f"{'converting':>10s}")
         for name, (seconds, cpu, converting) in results.items():
             # forkserver workers are grandchildren: their CPU shows in "converting" only
             cpu_text = f"{cpu:6.2f} s" if "2 worker" not in name else "     n/a"
-            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f}  {n / seconds:9.0f}  {cpu_text}"
+            print(f"{name:45s} {seconds:7.2f} s  {mb / seconds:7.1f}  {n / seconds:9.0f}  "
+                  f"{cpu_text}"
                   f"  {converting:8.2f} s")
         one, one_cpu, one_conv = results["telemetry process, 1 worker(s)"]
         two, _, two_conv = results["telemetry process, 2 worker(s)"]
-        print(f"1 worker / floor: {floor_s / one:.0%} wall, {floor_cpu / one_cpu:.0%} CPU (target >= 40%)")
+        print(f"1 worker / floor: {floor_s / one:.0%} wall, {floor_cpu / one_cpu:.0%} CPU "
+              "(target >= 40%)")
         print(f"2 workers / 1 worker: {one / two:.2f}x wall (target >= 1.7x; needs 2 idle cores); "
-              f"CPUs kept busy converting: {one_conv / one:.2f} with 1 worker, {two_conv / two:.2f} with 2")
+              f"CPUs kept busy converting: {one_conv / one:.2f} with 1 worker, "
+              f"{two_conv / two:.2f} with 2")
         print(f"load average while running: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
               "(figures above 1 per CPU mean the machine was shared)")
     finally:

@@ -1,4 +1,4 @@
-"""Converter commands: ``telemetry process``, ``telemetry histogram-server`` and ``telemetry export``.
+"""Converter commands: ``telemetry process``, ``histogram-server`` and ``export``.
 
 Thin layer: options become a :class:`~converter.process.ConverterConfig`
 (command line > config file > defaults) and library functions do the work;
@@ -27,19 +27,26 @@ from converter.revisions import serve_histograms
 @click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
 @click.option("--histogram-server", help="Histogram server URL or host:port.")
 @click.option("--errors", "errors_path", help="Error output directory (default {output}/.errors).")
-@click.option("--retry-errors", type=click.Path(), help="Convert the error files of an earlier run again.")
+@click.option("--retry-errors", type=click.Path(),
+              help="Convert the error files of an earlier run again.")
 @click.option("--workers", type=int, help="Worker processes (default 1).")
-@click.option("--dedup", is_flag=True, default=None, help="Drop repeated submissions of a docId within the run.")
-@click.option("--codec", type=click.Choice(["zst", "lzma"]), help="Published compression (default zst).")
-@click.option("--level", "compression_preset", type=int, help="Compression level (zst 3, lzma 0 by default).")
-@click.option("--max-file-size", type=int, help="Rotate a layout file past this many uncompressed bytes.")
-@click.option("--max-uncompressed", type=int, help="Largest inflated body in bytes (default 1 MiB).")
+@click.option("--dedup", is_flag=True, default=None,
+              help="Drop repeated submissions of a docId within the run.")
+@click.option("--codec", type=click.Choice(["zst", "lzma"]),
+              help="Published compression (default zst).")
+@click.option("--level", "compression_preset", type=int,
+              help="Compression level (zst 3, lzma 0 by default).")
+@click.option("--max-file-size", type=int,
+              help="Rotate a layout file past this many uncompressed bytes.")
+@click.option("--max-uncompressed", type=int,
+              help="Largest inflated body in bytes (default 1 MiB).")
 @click.option("--memory-constraint", type=int,
               help="MiB of unpublished output per worker before layout files are rotated early.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal).")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar (default: on a terminal).")
 def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors: str | None,
                     progress: bool | None, **options) -> None:
-    """Convert raw logs (files of any name, or the .finished files of directories) into the layout."""
+    """Convert raw logs (files of any name, or the .finished files of directories)."""
     if not raw and not retry_errors:
         raise click.UsageError("name raw files or directories, or --retry-errors DIR")
     try:

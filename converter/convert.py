@@ -154,12 +154,14 @@ class Converter:
         except CorruptData as e:
             raise RecordError("corrupted_data", str(e)) from None
         if len(body) > self.max_uncompressed:
-            raise RecordError("too_large", f"body of {len(body)} bytes is over {self.max_uncompressed}")
+            raise RecordError("too_large",
+                              f"body of {len(body)} bytes is over {self.max_uncompressed}")
         if not body.strip():
             raise RecordError("empty_data", "the body holds no data")
         doc = load_json(body)
         if not isinstance(doc, dict):
-            raise RecordError("bad_payload", f"payload is a JSON {type(doc).__name__}, not an object")
+            raise RecordError("bad_payload",
+                              f"payload is a JSON {type(doc).__name__}, not an object")
         return self.convert_document(doc_id, path_info, doc, submission_date(record.timestamp))
 
     def convert_document(self, doc_id: str, path_info: dict[str, str] | None, doc: dict,
@@ -173,7 +175,8 @@ class Converter:
                 revision = info.get("revision")
                 if not isinstance(revision, str) or not revision:
                     raise RecordError("bad_payload", "payload has histograms but no info.revision")
-                converted, aside = self.convert_histograms(revision, _require_dict(doc, "histograms"))
+                histograms = _require_dict(doc, "histograms")
+                converted, aside = self.convert_histograms(revision, histograms)
                 doc["histograms"] = converted
                 if aside:
                     doc[UNKNOWN_KEY] = aside
@@ -223,7 +226,8 @@ class Converter:
         if histograms or keyed:
             revision = pinfo.get("revision")
             if not isinstance(revision, str) or not revision:
-                raise RecordError("bad_payload", "payload has histograms but no payload.info.revision")
+                raise RecordError("bad_payload",
+                                  "payload has histograms but no payload.info.revision")
             payload["histograms"], aside = self.convert_histograms(revision, histograms)
             if aside:
                 doc[UNKNOWN_KEY] = aside
@@ -243,7 +247,8 @@ class Converter:
         found = self._tables.get(revision)
         if found is None:
             if self.revisions is None:
-                raise RecordError("missing_revision", f"no histogram source configured for {revision}")
+                raise RecordError("missing_revision",
+                                  f"no histogram source configured for {revision}")
             found = self._tables[revision] = (self._get_revision(revision), {})
         return found
 
@@ -325,13 +330,14 @@ def _convert_one(name: str, table: _Table, hist: Any) -> list:
             out[_slot(name, table, key)] = count
     if not _INT_ONLY.issuperset(map(type, values.values())):
         bad = next(c for c in values.values() if type(c) is not int)
-        raise RecordError("invalid_bucket", f"histogram {name}: count {str(bad)[:40]!r} is not an integer")
+        raise RecordError("invalid_bucket",
+                          f"histogram {name}: count {str(bad)[:40]!r} is not an integer")
     out += map(hist.get, STATISTICS, _ABSENT)
     return out
 
 
 def _slot(name: str, table: _Table, key: str) -> int:
-    """The slot of a bucket key, also when written differently (``"01"``): compared as an integer."""
+    """The slot of a bucket key, also one written differently (``"01"``): compared as an integer."""
     slot = table.text_index.get(key)
     if slot is not None:
         return slot

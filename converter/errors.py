@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # Every reason a record can be rejected for (SPEC section 4, issue 3).
 REASONS = (
-    "bad_payload",            # not JSON, not an object, or a required field missing / of the wrong type
+    "bad_payload",            # not JSON, not an object, a required field missing or wrong
     "conversion_error",       # a histogram that is not shaped like one
     "corrupted_data",         # a gzip body that does not decompress
     "empty_data",             # an empty body

@@ -33,8 +33,8 @@ from converter.errors import ConfigError, ProcessError, RecordError, UnwritableP
 from converter.layout import relative_path
 from converter.revisions import RevisionCache
 from converter.schema import Schema, SchemaError
-from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWriter, complete_pending,
-                               fsync_dir, write_durably, write_manifest)
+from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWriter,
+                               complete_pending, fsync_dir, write_durably, write_manifest)
 from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, finished_files
 
 STATE_DIR = ".state"
@@ -80,13 +80,15 @@ class ConverterConfig:
         known = {f.name for f in fields(cls)} - {"notices"}
         for key in data:
             if key not in known:
-                raise ConfigError(f"unknown configuration key {key!r} (known: {', '.join(sorted(known))})")
+                raise ConfigError(f"unknown configuration key {key!r} "
+                                  f"(known: {', '.join(sorted(known))})")
         config = cls(**data)
         config.check()
         return config
 
     @classmethod
-    def load(cls, path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> "ConverterConfig":
+    def load(cls, path: str | os.PathLike,
+             overrides: dict[str, Any] | None = None) -> "ConverterConfig":
         """A JSON config file, with command-line values (not None) taking precedence."""
         try:
             data = orjson.loads(Path(path).read_bytes())
@@ -116,10 +118,12 @@ class ConverterConfig:
             raise ConfigError(f"memory_constraint must be a positive number of MiB, "
                               f"not {self.memory_constraint!r}")
         if self.compression_preset is not None and type(self.compression_preset) is not int:
-            raise ConfigError(f"compression_preset must be an integer, not {self.compression_preset!r}")
+            raise ConfigError(f"compression_preset must be an integer, "
+                              f"not {self.compression_preset!r}")
         if self.heka_server is not None and HEKA_NOTICE not in self.notices:
             self.notices.append(HEKA_NOTICE)
-        if not self.histogram_cache and not self.histogram_server and NO_HISTOGRAMS_NOTICE not in self.notices:
+        no_source = not self.histogram_cache and not self.histogram_server
+        if no_source and NO_HISTOGRAMS_NOTICE not in self.notices:
             self.notices.append(NO_HISTOGRAMS_NOTICE)
 
     @property
@@ -205,7 +209,8 @@ class ProcessSummary:
                f"{self.files_completed} completed after an interrupted run)",
                f"records: {self.records_in} read, {self.records_out} written, "
                f"{self.records_rejected} rejected, {self.duplicates} duplicates dropped",
-               f"published: {len(self.published)} layout files, {len(self.error_files)} error files"]
+               f"published: {len(self.published)} layout files, "
+               f"{len(self.error_files)} error files"]
         for reason, n in sorted(self.rejected.items()):
             out.append(f"  rejected {reason}: {n}")
         if self.unknown_histograms:
@@ -258,7 +263,7 @@ def gather_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def unit_id(path: Path) -> str:
-    """A raw file's identity: a hash of its content, so a renamed or copied file is the same unit."""
+    """A raw file's identity: a hash of its content (a renamed or copied file is the same unit)."""
     h = hashlib.blake2b(digest_size=16)
     try:
         with open(path, "rb") as f:
@@ -307,7 +312,8 @@ _report: Callable[[tuple[str, int]], None] | None = None  # (source, bytes read 
 REPORT_EVERY = 4 * 1024 * 1024
 
 
-def _init_worker(config: ConverterConfig, report: Callable[[tuple[str, int]], None] | None = None) -> None:
+def _init_worker(config: ConverterConfig,
+                 report: Callable[[tuple[str, int]], None] | None = None) -> None:
     global _converter, _config, _report
     _config = config
     _report = report
@@ -321,7 +327,8 @@ def _done_marker(output: Path, uid: str) -> Path:
     return output / STATE_DIR / "done" / f"{uid}.json"
 
 
-def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: Converter | None = None) -> UnitResult:
+def convert_unit(unit: Unit, config: ConverterConfig | None = None,
+                 converter: Converter | None = None) -> UnitResult:
     """Convert one raw file and commit its output; see the module docstring for the protocol."""
     config = config or _config
     converter = converter or _converter
@@ -398,7 +405,8 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None, converter: C
     result.skipped_bytes = reader.stats.skipped_bytes
     result.read_problems = reader.stats.errors[:20]
     result.published = [p.target for p in writer.pending]
-    result.error_files = [p.target for p in pending[len(writer.pending):] if p.target.endswith(FINISHED_SUFFIX)]
+    result.error_files = [p.target for p in pending[len(writer.pending):]
+                          if p.target.endswith(FINISHED_SUFFIX)]
     result.cpu_seconds = time.process_time() - cpu_start
     write_manifest(work, pending, asdict(result))
     complete_pending(work)
@@ -444,7 +452,7 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
             retry_errors: str | os.PathLike | None = None,
             progress: bool | None = None,
             on_unit: Callable[[UnitResult], None] | None = None) -> ProcessSummary:
-    """Convert raw files into the layout under ``config.output``; rejected records go to ``config.errors``.
+    """Convert raw files into the layout under ``config.output``, rejections to ``config.errors``.
 
     ``retry_errors`` adds the error files of an earlier run; each one that is
     fully converted again (its records published or rejected anew) is renamed
@@ -530,7 +538,8 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
     ctx.set_forkserver_preload(["converter.process"])
     reports = ctx.Queue() if advance is not None else None
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(config, reports.put if reports is not None else None)) as pool:
+                             initargs=(config, reports.put if reports is not None else None)
+                             ) as pool:
         todo = sorted(units, key=lambda u: -os.path.getsize(u.source))  # biggest first
         running = {}
         try:
@@ -549,7 +558,8 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
                     except ProcessError:
                         raise
                     except Exception as e:
-                        raise ProcessError(f"worker failed on {unit.source}: {type(e).__name__}: {e}") from e
+                        raise ProcessError(f"worker failed on {unit.source}: "
+                                           f"{type(e).__name__}: {e}") from e
         except BaseException:
             for fut in running:
                 fut.cancel()

@@ -55,7 +55,8 @@ def compress_file(src: Path, dst: Path, codec: str, level: int) -> None:
     """Compress a whole file into ``dst`` (made durable later, by :func:`write_manifest`)."""
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         if codec == "zst":
-            zstandard.ZstdCompressor(level=level).copy_stream(fin, fout, size=os.fstat(fin.fileno()).st_size)
+            size = os.fstat(fin.fileno()).st_size
+            zstandard.ZstdCompressor(level=level).copy_stream(fin, fout, size=size)
         else:
             comp = _lzma_compressor(level)
             while chunk := fin.read(_CHUNK):
@@ -227,13 +228,14 @@ class LayoutWriter:
         self.pending.append(Pending(str(pending), str(self.root / target)))
 
     def _rotate_largest(self) -> None:
-        for part in sorted(self._parts.values(), key=lambda p: p.on_disk + p.buffered, reverse=True):
+        by_size = sorted(self._parts.values(), key=lambda p: p.on_disk + p.buffered, reverse=True)
+        for part in by_size:
             if self._on_disk + self._buffered <= self.memory_limit // 2:
                 break
             self._rotate(part)
 
     def finish(self) -> list[Pending]:
-        """Compress everything still open into pending files (durable once the manifest is written)."""
+        """Compress everything still open into pending files (durable with the manifest)."""
         for part in self._parts.values():
             self._rotate(part)
         return self.pending

@@ -41,7 +41,8 @@ def variations(base: Record, n: int, seed: int = 0, days: int = 3,
         doc_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         info = dict(doc["info"], reason=rng.choice(REASONS), appUpdateChannel=rng.choice(CHANNELS),
                     appVersion=rng.choice(VERSIONS), appBuildID=rng.choice(BUILDS))
-        body = gzip.compress(orjson.dumps(dict(doc, info=info)), compresslevel=compresslevel, mtime=0)
+        body = gzip.compress(orjson.dumps(dict(doc, info=info)), compresslevel=compresslevel,
+                             mtime=0)
         path = "/".join((doc_id, info["reason"], info["appName"], info["appVersion"],
                          info["appUpdateChannel"], info["appBuildID"]))
         yield Record(path, body, base.timestamp + rng.randrange(days) * DAY_MS, base.ip)

@@ -20,6 +20,7 @@ from receiver.rawlog import Record, read_records
 REPO = "releases/mozilla-release"
 REV = "a55c55edf302"
 REV_URL = f"http://hg.mozilla.org/{REPO}/rev/{REV}"
+BROKEN_URL = "http://hg.mozilla.org/test/broken/rev/bad0000bad00"
 UNKNOWN = {"HTTP_OFFLINE_CACHE_DOCUMENT_LOAD", "MIXED_CONTENT_PAGE_LOAD"}
 
 
@@ -36,9 +37,11 @@ def histograms(fixtures_dir):
 @pytest.fixture
 def converter(tmp_path, fixtures_dir, schema):
     cache = tmp_path / "cache"
-    write_revision(cache, REPO, REV, (fixtures_dir / "histograms" / f"{REV}.Histograms.json").read_bytes())
+    definitions = fixtures_dir / "histograms" / f"{REV}.Histograms.json"
+    write_revision(cache, REPO, REV, definitions.read_bytes())
     write_revision(cache, "test/broken", "bad0000bad00",
-                   orjson.dumps({"BROKEN": {"kind": "linear", "high": "NO_SUCH::SYMBOL", "n_buckets": 10}}))
+                   orjson.dumps({"BROKEN": {"kind": "linear", "high": "NO_SUCH::SYMBOL",
+                                            "n_buckets": 10}}))
     return Converter(schema, RevisionCache(cache, None), max_uncompressed=200_000)
 
 
@@ -90,8 +93,8 @@ def test_histogram_array_places_counts_and_statistics(converter, histograms):
     definition = histograms.get("GC_MS")
     b = definition.buckets
     hist = {"values": {str(b[0]): 3, str(b[5]): 7, str(b[-1]): 1}, "sum": 99, "log_sum": 1.5}
-    out = converter.convert_document("d", {"reason": "idle-daily"}, _ping(histograms={"STARTUP_GC_MS": hist}),
-                                     "20130910")
+    doc = _ping(histograms={"STARTUP_GC_MS": hist})
+    out = converter.convert_document("d", {"reason": "idle-daily"}, doc, "20130910")
     arr = _doc(out)["histograms"]["STARTUP_GC_MS"]
     assert arr[0] == 3 and arr[5] == 7 and arr[len(b) - 1] == 1
     assert sum(arr[:len(b)]) == 11
@@ -115,7 +118,7 @@ def test_histogram_array_places_counts_and_statistics(converter, histograms):
     (_ping(info=dict(_ping()["info"], revision=f"http://hg.mozilla.org/{REPO}/rev/0123456789ab")),
      PATH, "missing_revision"),
     (_ping(info=dict(_ping()["info"], revision="not a url")), PATH, "missing_revision_repo"),
-    (_ping(info=dict(_ping()["info"], revision="http://hg.mozilla.org/test/broken/rev/bad0000bad00"),
+    (_ping(info=dict(_ping()["info"], revision=BROKEN_URL),
            histograms={"BROKEN": {"values": {"0": 1}}}), PATH, "unknown_histogram"),
 ])
 def test_rejected_with_reason(converter, doc, path, reason):
@@ -150,7 +153,8 @@ def test_version_2_passes_unchanged(converter):
 
 
 def test_firefox_os_ping(converter):
-    doc = {"ver": 3, "deviceinfo.update_channel": "nightly", "deviceinfo.platform_version": "28.0a1",
+    doc = {"ver": 3, "deviceinfo.update_channel": "nightly",
+           "deviceinfo.platform_version": "28.0a1",
            "deviceinfo.platform_build_id": "20131029030201", "screenHeight": 480}
     out = converter.convert_record(_record(doc, "fxos-doc"))
     assert out.dimensions == ["ftu", "FirefoxOS", "nightly", "28.0a1", "20131029030201", "20130910"]
@@ -238,7 +242,8 @@ def test_relative_path_stays_inside_and_round_trips(dims, version):
     assert all(p not in ("", ".", "..") for p in parts)
     assert not rel.startswith("/") and "\0" not in rel
     assert all(len(p) <= 100 for p in parts[:-1])
-    assert len(parts[-1]) + len(".0123456789abcdef0123456789abcdef.lzma") <= 255  # a valid file name
+    # still a valid file name once published
+    assert len(parts[-1]) + len(".0123456789abcdef0123456789abcdef.lzma") <= 255
     expected = [clean_value(d) for d in dims]
     expected[-2:] = [v.replace(".", "_") for v in expected[-2:]]
     assert dimensions_from_path(rel) == expected

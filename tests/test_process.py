@@ -33,9 +33,11 @@ TS = 1378822911255  # 2013-09-10 UTC
 @pytest.fixture
 def hist_dir(tmp_path, fixtures_dir):
     d = tmp_path / "served"
-    write_revision(d, REPO, REV, (fixtures_dir / "histograms" / f"{REV}.Histograms.json").read_bytes())
+    definitions = fixtures_dir / "histograms" / f"{REV}.Histograms.json"
+    write_revision(d, REPO, REV, definitions.read_bytes())
     write_revision(d, "test/broken", "bad0000bad00",
-                   orjson.dumps({"BROKEN": {"kind": "linear", "high": "NO_SUCH::SYMBOL", "n_buckets": 10}}))
+                   orjson.dumps({"BROKEN": {"kind": "linear", "high": "NO_SUCH::SYMBOL",
+                                            "n_buckets": 10}}))
     return d
 
 
@@ -60,14 +62,16 @@ def fixture_raw(fixtures_dir):
 
 
 def _records(root):
-    return [(f.relpath.rsplit(".", 2)[0], doc_id, text) for f in find_layout_files(root, include_plain=False)
+    return [(f.relpath.rsplit(".", 2)[0], doc_id, text)
+            for f in find_layout_files(root, include_plain=False)
             for _, doc_id, text in read_layout_file(f.path)]
 
 
 def test_fixture_ping(config, fixture_raw, server, tmp_path):
     summary = process(config, [fixture_raw])
     assert (summary.records_in, summary.records_out, summary.records_rejected) == (1, 1, 0)
-    assert summary.unknown_histograms == {"HTTP_OFFLINE_CACHE_DOCUMENT_LOAD": 1, "MIXED_CONTENT_PAGE_LOAD": 1}
+    assert summary.unknown_histograms == {"HTTP_OFFLINE_CACHE_DOCUMENT_LOAD": 1,
+                                          "MIXED_CONTENT_PAGE_LOAD": 1}
     [(rel, doc_id, text)] = _records(config.output)
     assert rel == "idle_daily/Firefox/release/23.0.1/20130814063812.20130910.v2.log"
     assert doc_id == "17caa68c-25f5-450a-9cce-7d31318846d8"
@@ -95,7 +99,8 @@ def _ping(reason="idle-daily", rev=REV, repo=REPO, histograms=None):
     return {"ver": 1, "info": {"reason": reason, "appName": "Firefox", "appVersion": "23.0.1",
                                "appUpdateChannel": "release", "appBuildID": "20130814063812",
                                "revision": f"http://hg.mozilla.org/{repo}/rev/{rev}"},
-            "histograms": histograms or {"A11Y_IATABLE_USAGE_FLAG": {"values": {"0": 1, "1": 0}, "sum": 0}}}
+            "histograms": histograms or {"A11Y_IATABLE_USAGE_FLAG": {"values": {"0": 1, "1": 0},
+                                                                     "sum": 0}}}
 
 
 def _path(doc_id, reason="idle-daily"):
@@ -117,8 +122,9 @@ CRAFTED = {
                                                                              revision="bogus")))),
     "uuid_only_path": ("e-uuid", _gz(_ping())),
     "too_large": (_path("e-large"), _gz(b'{"x": "' + b" " * 250_000 + b'"}')),
-    "unknown_histogram": (_path("e-unkhist"), _gz(_ping(rev="bad0000bad00", repo="test/broken",
-                                                        histograms={"BROKEN": {"values": {"0": 1}}}))),
+    "unknown_histogram": (_path("e-unkhist"),
+                          _gz(_ping(rev="bad0000bad00", repo="test/broken",
+                                    histograms={"BROKEN": {"values": {"0": 1}}}))),
     "invalid_bucket": (_path("e-bucket"), _gz(_ping(histograms={"GC_MS": {"values": {"-5": 1}}}))),
     "write_failed": (_path("e-write", "saved-session"), _gz(_ping("saved-session"))),
 }
@@ -142,19 +148,22 @@ def test_every_reason_lands_in_the_error_output_and_retry_converts_them(config, 
     for i, (reason, (path, data)) in enumerate(CRAFTED.items()):
         [err_file] = [p for p in error_files(errors) if p.parent.name == reason]
         [rec] = list(read_records(err_file))
-        assert (rec.path, rec.data, rec.timestamp, rec.ip) == (path, data, TS + i, f"10.0.0.{i + 2}")
+        assert (rec.path, rec.data, rec.timestamp) == (path, data, TS + i)
+        assert rec.ip == f"10.0.0.{i + 2}"
         [note] = read_notes(err_file)
         assert note["reason"] == reason and note["message"] and note["source"] == str(raw)
         assert note["path"] == path
 
     # fix two causes: publish the missing revision, remove what blocked the directory
-    write_revision(hist_dir, REPO, MISSING, (hist_dir / REPO / REV / "Histograms.json").read_bytes())
+    served = hist_dir / REPO / REV / "Histograms.json"
+    write_revision(hist_dir, REPO, MISSING, served.read_bytes())
     (out / "saved_session").unlink()
     retry_config = ConverterConfig(**{**config.to_dict(), "errors_path": str(tmp_path / "errors2")})
     retried = process(retry_config, [], retry_errors=errors)
     assert retried.records_in == len(REASONS)
     assert retried.records_out == 2
-    assert retried.rejected == {r: 1 for r in REASONS if r not in ("missing_revision", "write_failed")}
+    fixed = ("missing_revision", "write_failed")
+    assert retried.rejected == {r: 1 for r in REASONS if r not in fixed}
     ids = Counter(doc_id for _, doc_id, _ in _records(out))
     assert ids == Counter({"good": 1, "e-norev": 1, "e-write": 1})
     assert error_files(errors) == []  # every retried file renamed *.retried
@@ -169,8 +178,8 @@ def test_dedup_keeps_saved_session_over_idle_daily(config, tmp_path):
     saved = _gz(_ping("saved-session"))
     raws = [tmp_path / "a.log", tmp_path / "b.log"]
     with open(raws[0], "wb") as f:
-        for path, data in [(_path("A"), body), (_path("B"), body), (_path("B"), body), (_path("C"), body)]:
-            f.write(encode_record(path, data, TS))
+        for doc_id in "ABBC":
+            f.write(encode_record(_path(doc_id), body, TS))
     with open(raws[1], "wb") as f:
         for path, data in [(_path("A", "saved-session"), saved), (_path("C"), body)]:
             f.write(encode_record(path, data, TS))
@@ -185,15 +194,19 @@ def test_dedup_keeps_saved_session_over_idle_daily(config, tmp_path):
 def variation_files(tmp_path_factory, fixture_raw):
     d = tmp_path_factory.mktemp("raw")
     base = base_record(fixture_raw)
-    return [write_variations(d / f"telemetry.v1.host.{i}.finished", base, 30, seed=i) for i in range(6)]
+    return [write_variations(d / f"telemetry.v1.host.{i}.finished", base, 30, seed=i)
+            for i in range(6)]
 
 
 def test_two_workers_publish_what_one_does(config, variation_files, tmp_path):
     one = process(config, [variation_files[0].parent])  # a directory: its .finished files
-    two_cfg = ConverterConfig(**{**config.to_dict(), "storage_path": str(tmp_path / "out2"), "workers": 2})
+    two_cfg = ConverterConfig(**{**config.to_dict(), "storage_path": str(tmp_path / "out2"),
+                                 "workers": 2})
     two = process(two_cfg, variation_files)
     assert one.records_out == two.records_out == 180
-    names = lambda s, root: sorted(str(Path(p).relative_to(root)) for p in s.published)  # noqa: E731
+    def names(summary, root):
+        return sorted(str(Path(p).relative_to(root)) for p in summary.published)
+
     assert names(one, config.output) == names(two, two_cfg.output)
     assert sorted(_records(config.output)) == sorted(_records(two_cfg.output))
     assert len({rel for rel, _, _ in _records(config.output)}) > 10
@@ -201,9 +214,11 @@ def test_two_workers_publish_what_one_does(config, variation_files, tmp_path):
 
 def test_crash_and_rerun_publishes_no_duplicates(config, variation_files, tmp_path, fixtures_dir):
     telemetry = Path(sys.executable).parent / "telemetry"
-    args = [str(telemetry), "process", *map(str, variation_files), "--output", str(tmp_path / "crash"),
-            "--schema", config.telemetry_schema, "--histogram-cache", config.histogram_cache,
-            "--histogram-server", config.histogram_server, "--max-file-size", "20000", "--no-progress"]
+    args = [str(telemetry), "process", *map(str, variation_files),
+            "--output", str(tmp_path / "crash"), "--schema", config.telemetry_schema,
+            "--histogram-cache", config.histogram_cache,
+            "--histogram-server", config.histogram_server,
+            "--max-file-size", "20000", "--no-progress"]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     done = tmp_path / "crash" / ".state" / "done"
     deadline = time.monotonic() + 60
@@ -235,7 +250,8 @@ def test_config_accepts_the_original_keys():
     ({"storage_path": "o", "telemetry_schema": "s", "bogus_key": 1}, "bogus_key"),
     ({"storage_path": "o", "telemetry_schema": "s", "workers": 0}, "workers"),
     ({"storage_path": "o", "telemetry_schema": "s", "codec": "bz2"}, "codec"),
-    ({"storage_path": "o", "telemetry_schema": "s", "memory_constraint": "lots"}, "memory_constraint"),
+    ({"storage_path": "o", "telemetry_schema": "s", "memory_constraint": "lots"},
+     "memory_constraint"),
     ({"telemetry_schema": "s"}, "output"),
     ([1], "object"),
 ])
@@ -262,8 +278,10 @@ def test_cli_bad_inputs(tmp_path, fixtures_dir, fixture_raw, extra, code, messag
 
 
 def test_cli_missing_input_and_summary(tmp_path, fixtures_dir, config, fixture_raw):
-    base = ["--output", str(tmp_path / "o"), "--schema", str(fixtures_dir / "telemetry_schema.json"),
-            "--histogram-server", config.histogram_server, "--histogram-cache", config.histogram_cache]
+    base = ["--output", str(tmp_path / "o"),
+            "--schema", str(fixtures_dir / "telemetry_schema.json"),
+            "--histogram-server", config.histogram_server,
+            "--histogram-cache", config.histogram_cache]
     missing = CliRunner().invoke(process_command, [str(tmp_path / "nope.log"), *base])
     assert missing.exit_code == 1 and "does not exist" in missing.output
     assert CliRunner().invoke(process_command, base).exit_code == 2
@@ -289,17 +307,17 @@ def test_docs_cover_every_key_option_and_reason():
 def test_histogram_server_command(hist_dir):
     import requests
     telemetry = Path(sys.executable).parent / "telemetry"
-    proc = subprocess.Popen([str(telemetry), "histogram-server", "--dir", str(hist_dir), "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [str(telemetry), "histogram-server", "--dir", str(hist_dir), "--port", "0"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()
         url = line.rsplit(" ", 1)[-1].strip()
         assert url.startswith("http://127.0.0.1:"), line
-        got = requests.get(f"{url}/{REPO}/raw-file/{REV}/toolkit/components/telemetry/Histograms.json",
-                           timeout=10)
+        suffix = "toolkit/components/telemetry/Histograms.json"
+        got = requests.get(f"{url}/{REPO}/raw-file/{REV}/{suffix}", timeout=10)
         assert got.status_code == 200 and b"A11Y_IATABLE_USAGE_FLAG" in got.content
-        assert requests.get(f"{url}/{REPO}/raw-file/{MISSING}/toolkit/components/telemetry/Histograms.json",
-                            timeout=10).status_code == 404
+        missing = requests.get(f"{url}/{REPO}/raw-file/{MISSING}/{suffix}", timeout=10)
+        assert missing.status_code == 404
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -337,7 +355,8 @@ def test_output_that_cannot_be_written_is_one_clear_error(tmp_path, fixtures_dir
     assert "cannot write into" in result.output and "Traceback" not in result.output
 
 
-def test_a_crash_after_the_commit_point_is_completed_by_the_rerun(config, variation_files, monkeypatch):
+def test_a_crash_after_the_commit_point_is_completed_by_the_rerun(config, variation_files,
+                                                                  monkeypatch):
     import converter.process as process_module
     real = process_module.complete_pending
 
