@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -162,6 +162,9 @@ def run_job(config: JobConfig, log=None) -> JobResult:
     log = log or (lambda message: print(message, file=sys.stderr))
     start = time.perf_counter()
     _check(config)
+    # Absolute paths: tasks may run elsewhere (Dask workers) with another working directory.
+    config = replace(config, data_dir=Path(config.data_dir).absolute(),
+                     work_dir=Path(config.work_dir).absolute())
     result = JobResult(Path(config.output))
     try:
         filter = Schema.load(config.input_filter) if config.input_filter is not None else None
