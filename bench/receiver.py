@@ -81,16 +81,17 @@ def naive_server(log_path: str, workers: int, reuse_port: bool) -> None:
             f.flush()
             self.write("OK")
 
-    def stop(*_):
+    def stop():
         f.close()
         os.rename(name, name + ".finished")
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, stop)
     app = tornado.web.Application([(r"/submit/telemetry/(.*)", Submit)])
     server = HTTPServer(app)
     server.add_sockets(sockets)
-    tornado.ioloop.IOLoop.current().start()
+    loop = tornado.ioloop.IOLoop.current()
+    loop.asyncio_loop.add_signal_handler(signal.SIGTERM, stop)  # between requests, not inside a write
+    loop.start()
 
 
 class NaiveHandle:
