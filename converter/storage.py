@@ -271,8 +271,11 @@ def read_manifest(work_dir: Path) -> dict | None:
 def complete_pending(work_dir: Path) -> list[str] | None:
     """Move a committed unit's pending files into place; None when the unit never committed.
 
+    A file is published by hard-linking it under its final name, which fails
+    rather than replace an existing file: a published file never changes,
+    even if a unit is converted again after its done marker was removed.
     Safe to run again after a crash half-way: files already moved are gone
-    from the work directory, and their target names are final.
+    from the work directory.
     """
     manifest = read_manifest(work_dir)
     if manifest is None:
@@ -283,7 +286,17 @@ def complete_pending(work_dir: Path) -> list[str] | None:
         target_path = Path(target)
         if os.path.exists(source):
             target_path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target_path)
+            try:
+                os.link(source, target_path)
+            except FileExistsError:
+                pass  # published before (same unit, same name): keep it as it is
+            except OSError:  # a filesystem without hard links; the run lock keeps this safe
+                if not target_path.exists():
+                    os.rename(source, target_path)
+                    dirs.add(target_path.parent)
+                    published.append(target)
+                    continue
+            os.unlink(source)
             dirs.add(target_path.parent)
         published.append(target)
     fsync_paths(dirs)

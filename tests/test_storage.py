@@ -164,3 +164,16 @@ def test_layout_reader_reads_back_what_the_writer_wrote(records, codec):
         _publish(writer)
         got = [(doc_id, orjson.loads(text)) for _, doc_id, text in _read_all(root)]
     assert sorted(got, key=repr) == sorted(records, key=repr)
+
+
+def test_publishing_never_replaces_a_published_file(tmp_path):
+    root = tmp_path / "out"
+    first = LayoutWriter(root, root / ".work" / UNIT, UNIT)
+    first.write(REL, b"a\t{}\n")
+    [target] = _publish(first)
+    before = Path(target).read_bytes()
+    again = LayoutWriter(root, root / ".work" / "again", UNIT)  # the same unit converted again
+    again.write(REL, b"b\t{}\n")
+    assert _publish(again) == [target]
+    assert Path(target).read_bytes() == before
+    assert [d for _, d, _ in _read_all(root)] == ["a"]
