@@ -9,8 +9,9 @@ unit, published all at once:
 
 1. every pending file is compressed, flushed and fsynced;
 2. a manifest naming each pending file and its final place is written and fsynced;
-3. each pending file is renamed into place (same filesystem, so atomic) and
-   the directories are fsynced.
+3. each pending file is hard-linked under its final name (same filesystem,
+   so atomic; an existing published file is never replaced), its pending name
+   removed, and the directories fsynced.
 
 A crash before step 2 leaves only work files, which a rerun throws away and
 redoes; a crash after it leaves a manifest, which a rerun completes
