@@ -23,7 +23,8 @@ from converter.revisions import serve_histograms
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="JSON config file (the original converter's keys work).")
 @click.option("--output", "storage_path", help="Layout output directory (storage_path).")
-@click.option("--schema", "telemetry_schema", help="telemetry_schema.json (dimensions).")
+@click.option("--schema", "telemetry_schema",
+              help="telemetry_schema.json naming the dimensions [default: the packaged one].")
 @click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
 @click.option("--histogram-server", help="Histogram server URL or host:port.")
 @click.option("--errors", "errors_path", help="Error output directory (default {output}/.errors).")

@@ -37,6 +37,7 @@ from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWr
                                complete_pending, fsync_dir, write_durably, write_manifest)
 from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, finished_files
 
+DEFAULT_SCHEMA = Path(__file__).parent / "telemetry_schema.json"  # the original's schema
 STATE_DIR = ".state"
 WORK_DIR = ".work"
 ERRORS_DIR = ".errors"
@@ -106,7 +107,7 @@ class ConverterConfig:
         if not self.storage_path:
             raise ConfigError("no output directory (storage_path / --output) given")
         if not self.telemetry_schema:
-            raise ConfigError("no schema (telemetry_schema / --schema) given")
+            self.telemetry_schema = str(DEFAULT_SCHEMA)
         if self.codec not in CODEC_EXTENSIONS:
             raise ConfigError(f"unknown codec {self.codec!r}: use zst or lzma")
         for name in ("max_uncompressed", "max_file_size", "workers"):

@@ -246,6 +246,12 @@ def test_config_accepts_the_original_keys():
     assert config.output == Path("/tmp/upload")
 
 
+def test_default_schema_is_the_packaged_original(tmp_path, fixtures_dir):
+    config = ConverterConfig.from_dict({"storage_path": str(tmp_path)})
+    packaged = orjson.loads(Path(config.telemetry_schema).read_bytes())
+    assert packaged == orjson.loads((fixtures_dir / "telemetry_schema.json").read_bytes())
+
+
 @pytest.mark.parametrize("data, words", [
     ({"storage_path": "o", "telemetry_schema": "s", "bogus_key": 1}, "bogus_key"),
     ({"storage_path": "o", "telemetry_schema": "s", "workers": 0}, "workers"),
