@@ -290,3 +290,36 @@ def test_metrics_add_up_over_workers(tmp_path):
     assert float(values["receiver_stored_records_total"]) == 20
     assert float(values['receiver_requests_total{code="200"}']) == 20
     assert len({int(p.name.split(".")[-3]) for p in r.log_path.iterdir()}) == 2  # both workers took some
+
+
+def _post(r, path, body=b"x"):
+    conn = http.client.HTTPConnection(r.host, r.port, timeout=10)
+    try:
+        conn.request("POST", PREFIX + path, body=body)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_sigint_stops_cleanly(tmp_path):
+    with start_receiver(_config(tmp_path, workers=2)) as r:
+        assert all(_post(r, f"int-{i}") == 200 for i in range(6))
+        r.process.send_signal(signal.SIGINT)
+        assert r.process.wait(30) == 0
+    assert sorted(all_records(r.log_path)) == sorted(f"int-{i}" for i in range(6))
+    assert_all_finished(r.log_path)
+
+
+def test_sigterm_to_one_worker_recycles_it(tmp_path):
+    with start_receiver(_config(tmp_path, workers=1)) as r:
+        assert _post(r, "before") == 200
+        [old] = r.worker_pids()
+        os.kill(old, signal.SIGTERM)
+        [new] = r.wait_for_workers(exclude=(old,))
+        assert new != old
+        # The old worker finished its own file on the way out.
+        names = [p.name for p in r.log_path.iterdir()]
+        assert len(names) == 1 and names[0].endswith(FINISHED_SUFFIX) and f".{old}." in names[0]
+        assert _post(r, "after") == 200
+    assert sorted(all_records(r.log_path)) == ["after", "before"]
+    assert_all_finished(r.log_path)
