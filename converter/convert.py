@@ -171,11 +171,11 @@ class Converter:
         unknown: list[str] = []
         if version == VERSION_UNCONVERTED:
             info = _require_dict(doc, "info")
-            if "histograms" in doc:
+            histograms = _require_dict(doc, "histograms") if "histograms" in doc else None
+            if histograms:
                 revision = info.get("revision")
                 if not isinstance(revision, str) or not revision:
                     raise RecordError("bad_payload", "payload has histograms but no info.revision")
-                histograms = _require_dict(doc, "histograms")
                 converted, aside = self.convert_histograms(revision, histograms)
                 doc["histograms"] = converted
                 if aside:

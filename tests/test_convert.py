@@ -146,6 +146,13 @@ def test_uncompressed_and_invalid_utf8_bodies_convert(converter):
     assert _doc(out)["info"]["appName"] == "Fire\ufffdfox"
 
 
+def test_empty_histograms_need_no_revision(converter):
+    doc = _ping(histograms={})
+    del doc["info"]["revision"]
+    out = converter.convert_record(_record(doc))
+    assert _doc(out)["histograms"] == {} and out.version == 2
+
+
 def test_version_2_passes_unchanged(converter):
     doc = {"ver": 2, "info": _ping()["info"], "histograms": {"X": [1, 2, 3, -1, -1, -1, -1, -1]}}
     out = converter.convert_record(_record(doc))
