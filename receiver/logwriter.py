@@ -178,7 +178,10 @@ class LogWriter:
         return time.perf_counter() - t0
 
     def _open(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create log directory {self.directory}: {e.strerror or e}", e.errno) from None
         epoch_ms = int(time.time() * 1000)
         while True:
             name = self.directory / log_file_name(self.log_base, self.version, self.hostname, os.getpid(), epoch_ms)

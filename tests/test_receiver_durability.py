@@ -323,3 +323,21 @@ def test_sigterm_to_one_worker_recycles_it(tmp_path):
         assert _post(r, "after") == 200
     assert sorted(all_records(r.log_path)) == ["after", "before"]
     assert_all_finished(r.log_path)
+
+
+def test_unwritable_log_directory_answers_500_then_recovers(tmp_path):
+    blocker = tmp_path / "logs"
+
+    async def scenario():
+        w = LogWriter(blocker, "telemetry", hostname="h")
+        blocker.write_text("a file where the directory should be")
+        with pytest.raises(StorageError) as err:
+            await w.append(encode_record("a", b"1", TS))
+        blocker.unlink()
+        await w.append(encode_record("b", b"2", TS))  # the directory is back: writes resume
+        await w.close()
+        return err.value
+
+    err = asyncio.run(scenario())
+    assert not err.disk_full and "logs" in str(err)
+    assert all_records(blocker) == {"b": b"2"}
