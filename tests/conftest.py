@@ -39,6 +39,8 @@ def s3_endpoint(moto_server, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    # Never let boto3 look for instance credentials off this machine.
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     return moto_server
 
 
