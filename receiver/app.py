@@ -58,7 +58,8 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
         self.in_flight = 0
         self._idle: asyncio.Event | None = None
 
-    def start_request(self, server_conn: object, request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
+    def start_request(self, server_conn: object,
+                      request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         return _Exchange(self, request_conn)
 
     def classify(self, method: str, target: str, length: int | None) -> tuple[int, bool, object]:
@@ -198,7 +199,8 @@ class _Exchange(httputil.HTTPMessageDelegate):
         if early:
             return self.respond(self.code, close=True)
         if self.code == 0:
-            self.ip = app.client_ip(headers.get("X-Forwarded-For"), getattr(self.conn.context, "remote_ip", None))
+            peer = getattr(self.conn.context, "remote_ip", None)
+            self.ip = app.client_ip(headers.get("X-Forwarded-For"), peer)
         return None
 
     def data_received(self, chunk: bytes) -> None:

@@ -20,24 +20,31 @@ from receiver.rawlog import RawLogError, RawLogReader, ReadStats
 
 
 @click.command("serve")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="JSON config file (the original receiver.json works).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="JSON config file (the original receiver.json works).")
 @click.option("--host", help="Address to listen on (default 127.0.0.1; 0.0.0.0 for all).")
-@click.option("--port", type=int, help="Port (default 8080; 0 picks a free one, announced on stdout).")
+@click.option("--port", type=int,
+              help="Port (default 8080; 0 picks a free one, announced on stdout).")
 @click.option("--log-path", help="Directory for raw logs.")
 @click.option("--log-base", help="Raw-log file name prefix.")
 @click.option("--workers", type=int, help="Worker processes (0 = one per CPU).")
-@click.option("--durability", type=click.Choice(DURABILITY_MODES), help="fsync: 200 after fdatasync (default); os: after write().")
-@click.option("--http-server", type=click.Choice(HTTP_SERVERS), help="fast (default) or tornado front end.")
+@click.option("--durability", type=click.Choice(DURABILITY_MODES),
+              help="fsync: 200 after fdatasync (default); os: after write().")
+@click.option("--http-server", type=click.Choice(HTTP_SERVERS),
+              help="fast (default) or tornado front end.")
 @click.option("--max-data-length", type=int, help="Largest body in bytes (413 above).")
 @click.option("--max-path-length", type=int, help="Longest path after the prefix (414 above).")
 @click.option("--max-log-size", type=int, help="Rotate a raw log past this many bytes.")
 @click.option("--max-log-age-ms", type=int, help="Rotate a raw log this long after it was opened.")
-@click.option("--include-request-ip/--no-include-request-ip", default=None, help="Store the client IP (v2 records).")
+@click.option("--include-request-ip/--no-include-request-ip", default=None,
+              help="Store the client IP (v2 records).")
 @click.option("--stats-log-file", help="Append one JSON line per request here.")
 @click.option("--url-prefix", help="Submission URL prefix (default /submit/telemetry/).")
 @click.option("--metrics/--no-metrics", default=None, help="Serve GET /metrics.")
-@click.option("--shutdown-timeout", type=float, help="Seconds to let in-flight requests finish at shutdown.")
-@click.option("--idle-connection-timeout", type=float, help="Close connections idle this many seconds.")
+@click.option("--shutdown-timeout", type=float,
+              help="Seconds to let in-flight requests finish at shutdown.")
+@click.option("--idle-connection-timeout", type=float,
+              help="Close connections idle this many seconds.")
 @click.option("--stats-flush-ms", type=int, help="How often the stats log is written out.")
 @click.option("--hostname", help="Host name used in raw-log file names.")
 @click.option("--motd", help="Message printed at start-up.")
@@ -77,7 +84,8 @@ def cat_command(files: tuple[str, ...], raw: bool, no_data: bool) -> None:
         reader = RawLogReader(name)
         try:
             for rec in reader:
-                out.write(orjson.dumps(record_summary(rec, name, raw=raw, with_data=not no_data)) + b"\n")
+                summary = record_summary(rec, name, raw=raw, with_data=not no_data)
+                out.write(orjson.dumps(summary) + b"\n")
         except OSError as e:
             raise click.ClickException(f"cannot read {name}: {e.strerror or e}") from None
         for line in reader.stats.errors:
@@ -121,7 +129,8 @@ def file_stats(path: str | Path) -> ReadStats:
     return reader.stats
 
 
-def record_summary(rec, file: str | None = None, *, raw: bool = False, with_data: bool = True) -> dict:
+def record_summary(rec, file: str | None = None, *, raw: bool = False,
+                   with_data: bool = True) -> dict:
     """A JSON-ready view of one record, as ``rawlog cat`` prints it."""
     out = {"path": rec.path, "timestamp": rec.timestamp, "ip": rec.ip, "data_length": len(rec.data)}
     if file is not None:

@@ -137,26 +137,35 @@ def _validate(c: ReceiverConfig) -> None:
         if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
             names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"configuration key {f.name!r} must be {names}, got {value!r}")
-    for name in ("max_data_length", "max_path_length", "max_log_age_ms", "max_log_size", "stats_flush_ms"):
+    for name in ("max_data_length", "max_path_length", "max_log_age_ms", "max_log_size",
+                 "stats_flush_ms"):
         if getattr(c, name) <= 0:
-            raise ConfigError(f"configuration key {name!r} must be positive, got {getattr(c, name)}")
+            raise ConfigError(f"configuration key {name!r} must be positive, "
+                              f"got {getattr(c, name)}")
     if c.max_path_length > 0xFFFF:
-        raise ConfigError("configuration key 'max_path_length' cannot exceed 65535 (the raw-log field)")
+        raise ConfigError("configuration key 'max_path_length' cannot exceed 65535 "
+                          "(the raw-log field)")
     if not 0 <= c.port <= 65535:
         raise ConfigError(f"configuration key 'port' must be 0..65535, got {c.port}")
     if c.workers < 0:
-        raise ConfigError(f"configuration key 'workers' must be 0 (one per CPU) or more, got {c.workers}")
+        raise ConfigError(f"configuration key 'workers' must be 0 (one per CPU) or more, "
+                          f"got {c.workers}")
     if c.durability not in DURABILITY_MODES:
-        raise ConfigError(f"configuration key 'durability' must be one of {', '.join(DURABILITY_MODES)}, "
+        raise ConfigError("configuration key 'durability' must be one of "
+                          f"{', '.join(DURABILITY_MODES)}, "
                           f"got {c.durability!r}")
     if c.http_server not in HTTP_SERVERS:
-        raise ConfigError(f"configuration key 'http_server' must be one of {', '.join(HTTP_SERVERS)}, "
+        raise ConfigError("configuration key 'http_server' must be one of "
+                          f"{', '.join(HTTP_SERVERS)}, "
                           f"got {c.http_server!r}")
     if not (c.url_prefix.startswith("/") and c.url_prefix.endswith("/")):
-        raise ConfigError(f"configuration key 'url_prefix' must start and end with '/', got {c.url_prefix!r}")
+        raise ConfigError("configuration key 'url_prefix' must start and end with '/', "
+                          f"got {c.url_prefix!r}")
     if not c.log_base or "/" in c.log_base:
-        raise ConfigError(f"configuration key 'log_base' must be a plain file name prefix, got {c.log_base!r}")
+        raise ConfigError("configuration key 'log_base' must be a plain file name prefix, "
+                          f"got {c.log_base!r}")
     if c.hostname is not None and (not c.hostname or "/" in c.hostname):
         raise ConfigError(f"configuration key 'hostname' must be a plain name, got {c.hostname!r}")
     if c.shutdown_timeout <= 0 or c.idle_connection_timeout <= 0:
-        raise ConfigError("configuration keys 'shutdown_timeout' and 'idle_connection_timeout' must be positive")
+        raise ConfigError("configuration keys 'shutdown_timeout' and 'idle_connection_timeout' "
+                          "must be positive")

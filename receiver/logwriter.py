@@ -37,6 +37,8 @@ from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, log_file_name
 
 log = logging.getLogger(__name__)
 
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+
 
 class LogWriter:
     """Appends encoded records to this process's current raw log; one per worker."""
@@ -168,7 +170,8 @@ class LogWriter:
         except OSError as e:
             name = self._name
             self._abandon(good)
-            raise StorageError(f"writing raw log {name} failed: {e.strerror or e}", e.errno) from None
+            message = f"writing raw log {name} failed: {e.strerror or e}"
+            raise StorageError(message, e.errno) from None
         self._size += len(data)
         if self._size >= self.max_log_size:
             try:
@@ -181,17 +184,20 @@ class LogWriter:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise StorageError(f"cannot create log directory {self.directory}: {e.strerror or e}", e.errno) from None
+            message = f"cannot create log directory {self.directory}: {e.strerror or e}"
+            raise StorageError(message, e.errno) from None
         epoch_ms = int(time.time() * 1000)
         while True:
-            name = self.directory / log_file_name(self.log_base, self.version, self.hostname, os.getpid(), epoch_ms)
+            name = self.directory / log_file_name(self.log_base, self.version, self.hostname,
+                                                  os.getpid(), epoch_ms)
             try:
-                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+                fd = os.open(name, _CREATE_FLAGS, 0o644)
             except FileExistsError:
                 epoch_ms += 1
                 continue
             except OSError as e:
-                raise StorageError(f"cannot create raw log {name}: {e.strerror or e}", e.errno) from None
+                message = f"cannot create raw log {name}: {e.strerror or e}"
+                raise StorageError(message, e.errno) from None
             break
         if self.sync:
             self._sync_directory()
@@ -295,7 +301,9 @@ def unfinished_files(directory: str | os.PathLike, log_base: str, hostname: str,
         if p.name.endswith(FINISHED_SUFFIX):
             continue
         parts = p.name.rsplit(".", 2)
-        if len(parts) != 3 or parts[0] not in prefixes or not parts[1].isdigit() or not parts[2].isdigit():
+        if len(parts) != 3 or parts[0] not in prefixes:
+            continue
+        if not parts[1].isdigit() or not parts[2].isdigit():
             continue
         if pid is None or int(parts[1]) == pid:
             out.append((int(parts[1]), p))

@@ -110,9 +110,12 @@ class Metrics:
         lines.append(f'receiver_requests_total{{code="other"}} {_num(t[_REQ + len(STATUS_CODES)])}')
         for name, idx, help_ in (
             ("receiver_stored_bytes_total", _BYTES, "Bytes of raw-log records made durable."),
-            ("receiver_stored_records_total", _RECORDS, "Raw-log records made durable (acknowledged)."),
-            ("receiver_rotations_total", _ROTATIONS, "Raw-log files finished (renamed to .finished)."),
-            ("receiver_write_errors_total", _WRITE_ERRORS, "Failed raw-log writes (file abandoned)."),
+            ("receiver_stored_records_total", _RECORDS,
+             "Raw-log records made durable (acknowledged)."),
+            ("receiver_rotations_total", _ROTATIONS,
+             "Raw-log files finished (renamed to .finished)."),
+            ("receiver_write_errors_total", _WRITE_ERRORS,
+             "Failed raw-log writes (file abandoned)."),
         ):
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {_num(t[idx])}"]
         lines += _histogram("receiver_fsync_batch_records", "Records per group commit.",

@@ -26,7 +26,11 @@ _HEAD_END = b"\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-def _response(code: int, body: bytes, content_type: str, close: bool, message: str | None = None) -> bytes:
+_TEXT = "text/plain; charset=utf-8"
+
+
+def _response(code: int, body: bytes, content_type: str, close: bool,
+              message: str | None = None) -> bytes:
     head = [f"HTTP/1.1 {code} {message or REASONS[code]}",
             f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
     if code == 405:
@@ -39,8 +43,8 @@ class _Canned:
     """Pre-built responses for every plain status answer."""
 
     def __init__(self) -> None:
-        self.keep = {c: _response(c, m.encode(), "text/plain; charset=utf-8", False) for c, m in REASONS.items()}
-        self.close = {c: _response(c, m.encode(), "text/plain; charset=utf-8", True) for c, m in REASONS.items()}
+        self.keep = {c: _response(c, m.encode(), _TEXT, False) for c, m in REASONS.items()}
+        self.close = {c: _response(c, m.encode(), _TEXT, True) for c, m in REASONS.items()}
 
 
 _CANNED = _Canned()
@@ -223,7 +227,7 @@ class HTTPProtocol(asyncio.Protocol):
                 if message is None:
                     payload = (_CANNED.close if close else _CANNED.keep)[code]
                 else:
-                    payload = _response(code, message.encode(), "text/plain; charset=utf-8", close, message)
+                    payload = _response(code, message.encode(), _TEXT, close, message)
             self.transport.write(payload)
             if close:
                 self.close()
@@ -238,7 +242,8 @@ class FastServer:
     def __init__(self, app: ReceiverApp, idle_timeout: float = 60.0):
         self.app = app
         self.idle_timeout = idle_timeout
-        self.max_header = max(65536, app.config.max_path_length + len(app.config.url_prefix) + 16384)
+        config = app.config
+        self.max_header = max(65536, config.max_path_length + len(config.url_prefix) + 16384)
         self.max_buffer = app.config.max_data_length + self.max_header
         self.connections: set[HTTPProtocol] = set()
         self.stopping = False

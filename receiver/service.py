@@ -42,7 +42,8 @@ class RunningReceiver:
         self._config_dir = config_dir
         self._ready = threading.Event()
         self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read_stdout, name="receiver-stdout", daemon=True)
+        self._reader = threading.Thread(target=self._read_stdout, name="receiver-stdout",
+                                        daemon=True)
         self._reader.start()
 
     @property
@@ -68,7 +69,8 @@ class RunningReceiver:
         want = count or self.config.worker_count
         with self._changed:
             ok = self._changed.wait_for(
-                lambda: len(self._workers) >= want and not set(self._workers.values()) & set(exclude)
+                lambda: len(self._workers) >= want
+                and not set(self._workers.values()) & set(exclude)
                 or self.process.poll() is not None, timeout)
             if not ok or self.process.poll() is not None:
                 raise ReceiverError(f"receiver workers not up after {timeout}s: {self._workers}")
@@ -143,7 +145,8 @@ class RunningReceiver:
 
 
 def start_receiver(config: ReceiverConfig, *, timeout: float = 30.0, python: str | None = None,
-                   env: dict[str, str] | None = None, wait_for_workers: bool = True) -> RunningReceiver:
+                   env: dict[str, str] | None = None,
+                   wait_for_workers: bool = True) -> RunningReceiver:
     """Start ``python -m receiver`` with ``config`` and wait until it listens.
 
     Raises :class:`ReceiverError` (with the receiver's output) if it exits or
@@ -155,7 +158,8 @@ def start_receiver(config: ReceiverConfig, *, timeout: float = 30.0, python: str
     config_file.write_bytes(orjson.dumps(config.to_dict()))
     root = str(Path(__file__).resolve().parent.parent)
     child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = root + os.pathsep + child_env.get("PYTHONPATH", "") if child_env.get("PYTHONPATH") else root
+    extra = child_env.get("PYTHONPATH")
+    child_env["PYTHONPATH"] = root + os.pathsep + extra if extra else root
     child_env.setdefault("PYTHONUNBUFFERED", "1")
     process = subprocess.Popen(
         [python or sys.executable, "-m", "receiver", "--config", str(config_file)],

@@ -22,7 +22,8 @@ class StatsLog:
 
     def log(self, url: str, duration_ms: float, code: int, size: int, message: str) -> None:
         now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now * 1000) % 1000:03d}Z"
+        stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                 + f".{int(now * 1000) % 1000:03d}Z")
         self._lines.append(orjson.dumps({
             "url": url, "duration_ms": round(duration_ms, 3), "code": code,
             "size": size, "message": message, "timestamp": stamp,

@@ -96,7 +96,8 @@ def check_storage(config: ReceiverConfig) -> None:
             with open(config.stats_log_file, "ab"):
                 pass
         except OSError as e:
-            raise ReceiverError(f"cannot open stats_log_file {config.stats_log_file}: {e.strerror}") from None
+            raise ReceiverError(f"cannot open stats_log_file {config.stats_log_file}: "
+                                f"{e.strerror}") from None
 
 
 def serve(config: ReceiverConfig, out: TextIO | None = None, err: TextIO | None = None) -> int:
@@ -122,7 +123,8 @@ def serve(config: ReceiverConfig, out: TextIO | None = None, err: TextIO | None 
 
 
 class Supervisor:
-    def __init__(self, config: ReceiverConfig, socks: list[socket.socket], out: TextIO, err: TextIO):
+    def __init__(self, config: ReceiverConfig, socks: list[socket.socket], out: TextIO,
+                 err: TextIO):
         self.config = config
         self.socks = socks
         self.out = out

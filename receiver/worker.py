@@ -47,7 +47,8 @@ def run_worker(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots 
     return asyncio.run(_serve(config, sock, shared, slot))
 
 
-async def _serve(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots | None, slot: int) -> int:
+async def _serve(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots | None,
+                 slot: int) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -96,7 +97,8 @@ async def start_server(app: ReceiverApp, sock: socket.socket) -> FastServer | HT
     return server
 
 
-async def _tick(config: ReceiverConfig, writer: LogWriter, metrics: Metrics, stats: StatsLog | None) -> None:
+async def _tick(config: ReceiverConfig, writer: LogWriter, metrics: Metrics,
+                stats: StatsLog | None) -> None:
     """Periodic housekeeping: publish metrics, flush the stats log, rotate an old file."""
     flush_every = max(1, round(config.stats_flush_ms / 1000 / TICK_SECONDS))
     n = 0
