@@ -90,14 +90,16 @@ def naive_server(log_path: str, workers: int, reuse_port: bool) -> None:
     server = HTTPServer(app)
     server.add_sockets(sockets)
     loop = tornado.ioloop.IOLoop.current()
-    loop.asyncio_loop.add_signal_handler(signal.SIGTERM, stop)  # between requests, not inside a write
+    # Stop between requests, never inside a write.
+    loop.asyncio_loop.add_signal_handler(signal.SIGTERM, stop)
     loop.start()
 
 
 class NaiveHandle:
     def __init__(self, log_path: str, workers: int, reuse_port: bool):
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--naive-server", log_path, str(workers), str(int(reuse_port))],
+            [sys.executable, __file__, "--naive-server", log_path, str(workers),
+             str(int(reuse_port))],
             stdout=subprocess.PIPE, text=True)
         line = self.process.stdout.readline()
         m = re.match(r"listening on (http://127.0.0.1:(\d+))", line)
@@ -134,8 +136,9 @@ request = function()
   return wrk.format(nil, string.format("{PATH.replace('{n}', '%d')}", counter))
 end
 """)
-    out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-                          "-s", str(script), url], capture_output=True, text=True, check=True).stdout
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+            "-s", str(script), url]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     total = int(re.search(r"(\d+) requests in", out).group(1))
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     errors = re.search(r"Socket errors: (.*)", out)
@@ -167,7 +170,8 @@ def run_python_load(url: str, body: bytes, duration: float, connections: int) ->
             n += 1
             path = PATH.format(n=f"{cid}-{n}")
             t0 = time.perf_counter()
-            writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            writer.write(head.encode() + body)
             status = await reader.readline()
             length = 0
             while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -204,22 +208,26 @@ def count_records(log_path: Path) -> tuple[int, int]:
 def main() -> None:
     if len(sys.argv) == 5 and sys.argv[1] == "--naive-server":
         return naive_server(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1")
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
-    ap.add_argument("--python-load", action="store_true", help="use the Python load generator even if wrk exists")
+    ap.add_argument("--python-load", action="store_true",
+                    help="use the Python load generator even if wrk exists")
     args = ap.parse_args()
     workers = args.workers or len(os.sched_getaffinity(0))
     use_wrk = shutil.which("wrk") is not None and not args.python_load
     work = Path(tempfile.mkdtemp(prefix="bench-receiver-"))
     bodies = {
-        "json-5KB": orjson.dumps({"ver": 1, "info": {"reason": "saved-session"}, "pad": "x" * 5000}),
+        "json-5KB": orjson.dumps({"ver": 1, "info": {"reason": "saved-session"},
+                                  "pad": "x" * 5000}),
         "gzip-ping": next(read_records(ROOT / "tests/fixtures/raw/telemetry1.v1.log")).data,
     }
     assert bodies["gzip-ping"][:2] == b"\x1f\x8b" and len(gzip.decompress(bodies["gzip-ping"])) > 0
     print(f"load: {'wrk' if use_wrk else 'python asyncio'}, {args.connections} connections, "
-          f"{args.duration:g}s per run, {workers} worker processes; machine shared, figures are noisy")
+          f"{args.duration:g}s per run, {workers} worker processes; "
+          "machine shared, figures are noisy")
     results = {}
     try:
         for body_name, body in bodies.items():
@@ -231,7 +239,8 @@ def main() -> None:
                 if server.startswith("naive"):
                     handle = NaiveHandle(str(log_path), workers, reuse_port=server == "naive-rp")
                 else:
-                    handle = start_receiver(ReceiverConfig(port=0, log_path=str(log_path), workers=workers,
+                    handle = start_receiver(ReceiverConfig(port=0, log_path=str(log_path),
+                                                           workers=workers,
                                                            durability=server, motd=""))
                 try:
                     if use_wrk:
@@ -244,7 +253,8 @@ def main() -> None:
                 r["lost"] = max(0, r["ok"] - records)
                 r["log_problems"] = problems
                 results[body_name, server] = r
-                print(f"{body_name:10} {server:8} {r['rps']:9.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+                print(f"{body_name:10} {server:8} {r['rps']:9.0f} req/s  "
+                      f"p50 {r['p50_ms']:7.2f} ms  "
                       f"p99 {r['p99_ms']:7.2f} ms  200s {r['ok']:7d}  lost {r['lost']}  "
                       f"log problems {problems}  {r['socket_errors']}", flush=True)
             for baseline in ("naive", "naive-rp"):

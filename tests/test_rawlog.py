@@ -35,7 +35,8 @@ def test_fixture_file(fixtures_dir):
     records, stats = _read(fixtures_dir / "raw" / "telemetry1.v1.log")
     assert len(records) == 1
     rec = records[0]
-    assert rec.path.startswith("17caa68c-") and rec.path.endswith("/idle-daily/Firefox/23.0.1/release/20130814063812")
+    assert rec.path.startswith("17caa68c-")
+    assert rec.path.endswith("/idle-daily/Firefox/23.0.1/release/20130814063812")
     assert rec.timestamp == TS
     assert rec.ip is None
     assert len(rec.data) == 18255 and rec.data[:2] == b"\x1f\x8b"
@@ -47,7 +48,8 @@ def test_fixture_file(fixtures_dir):
 
 def _three(version):
     ip = "10.0.0.1" if version == 2 else None
-    return [encode_record(f"doc{i}/saved-session/Firefox", b"{\"n\": %d}" % i, TS + i, ip) for i in range(3)]
+    return [encode_record(f"doc{i}/saved-session/Firefox", b"{\"n\": %d}" % i, TS + i, ip)
+            for i in range(3)]
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -66,7 +68,8 @@ def test_truncated_last_record(tmp_path, version, cut):
 
 
 @pytest.mark.parametrize("version", [1, 2])
-@pytest.mark.parametrize("garbage", [b"\x00" * 7, b"\x1e\x1e\x1e", b"garbage\x1e\xff\xff", bytes(range(256))])
+@pytest.mark.parametrize("garbage", [b"\x00" * 7, b"\x1e\x1e\x1e", b"garbage\x1e\xff\xff",
+                                     bytes(range(256))])
 def test_garbage_between_records(tmp_path, version, garbage):
     recs = _three(version)
     path = tmp_path / f"x.v{version}.h.1.2"
@@ -119,7 +122,8 @@ def test_empty_file_and_start_offset(tmp_path):
     assert _read(path)[0] == []
     recs = _three(1)
     path.write_bytes(b"".join(recs))
-    assert [r.path for r in RawLogReader(path, start_offset=len(recs[0]))][0] == "doc1/saved-session/Firefox"
+    later = [r.path for r in RawLogReader(path, start_offset=len(recs[0]))]
+    assert later[0] == "doc1/saved-session/Firefox"
 
 
 def test_names():
@@ -152,7 +156,8 @@ _records = st.lists(st.tuples(_paths, st.binary(max_size=300), st.integers(0, 2*
                               st.from_regex(r"[0-9a-f:.]{0,40}", fullmatch=True)), max_size=8)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=_records, version=st.sampled_from([1, 2]))
 def test_round_trip(tmp_path, records, version):
     path = tmp_path / f"rt.v{version}.h.1.2"
@@ -169,7 +174,8 @@ def test_round_trip(tmp_path, records, version):
 def test_cli_cat_and_stats(tmp_path, fixtures_dir):
     fixture = str(fixtures_dir / "raw" / "telemetry1.v1.log")
     other = tmp_path / "t.v2.h.1.2.finished"
-    write_records(other, [Record("a/b", b"plain text", TS, "1.2.3.4"), Record("c", b"\xff\xfe", TS + 1, "::1")], 2)
+    write_records(other, [Record("a/b", b"plain text", TS, "1.2.3.4"),
+                          Record("c", b"\xff\xfe", TS + 1, "::1")], 2)
     runner = CliRunner()
     res = runner.invoke(rawlog_group, ["cat", fixture, str(other)])
     assert res.exit_code == 0, res.output
@@ -197,7 +203,8 @@ def test_cli_cat_and_stats(tmp_path, fixtures_dir):
 def test_non_ascii_forwarded_ip_is_still_a_record(tmp_path):
     # The receiver stores X-Forwarded-For as sent; a record must not be lost over it.
     path = tmp_path / "n.v2.h.1.2"
-    path.write_bytes(encode_record("a", b"1", TS, "caf\u00e9, 10.0.0.1") + encode_record("b", b"2", TS, "1.1.1.1"))
+    path.write_bytes(encode_record("a", b"1", TS, "caf\u00e9, 10.0.0.1")
+                     + encode_record("b", b"2", TS, "1.1.1.1"))
     records, stats = _read(path)
     assert [r.path for r in records] == ["a", "b"]
     assert records[0].ip == "caf\u00e9, 10.0.0.1" and stats.skipped_bytes == 0

@@ -25,7 +25,8 @@ def receiver(request, tmp_path_factory):
     base = tmp_path_factory.mktemp(f"recv-{request.param}")
     config = ReceiverConfig(port=0, workers=1, log_path=str(base / "logs"), include_request_ip=True,
                             stats_log_file=str(base / "stats.log"), stats_flush_ms=250,
-                            max_data_length=1000, max_path_length=100, http_server=request.param, motd="")
+                            max_data_length=1000, max_path_length=100,
+                            http_server=request.param, motd="")
     with start_receiver(config) as r:
         yield r
 
@@ -89,11 +90,13 @@ def test_gzip_body_stays_gzip(receiver, fixtures_dir):
 
 
 def test_forwarded_for_then_peer(receiver):
-    assert request(receiver, "POST", PREFIX + "ip-fwd", b"x", {"X-Forwarded-For": "203.0.113.7"})[0] == 200
+    fwd = {"X-Forwarded-For": "203.0.113.7"}
+    assert request(receiver, "POST", PREFIX + "ip-fwd", b"x", fwd)[0] == 200
     assert request(receiver, "POST", PREFIX + "ip-peer", b"x")[0] == 200
     assert find(receiver, "ip-fwd")[0].ip == "203.0.113.7"
-    raw_request(receiver, b"POST /submit/telemetry/ip-two HTTP/1.1\r\nX-Forwarded-For: 1.1.1.1\r\n"
-                          b"X-Forwarded-For: 2.2.2.2\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx")
+    raw_request(receiver, b"POST /submit/telemetry/ip-two HTTP/1.1\r\n"
+                          b"X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n"
+                          b"Connection: close\r\nContent-Length: 1\r\n\r\nx")
     assert find(receiver, "ip-two")[0].ip == "1.1.1.1,2.2.2.2"
     assert find(receiver, "ip-peer")[0].ip == "127.0.0.1"
     assert all(".v2." in p.name for p in receiver.log_path.iterdir())
@@ -124,10 +127,12 @@ def test_status_codes(receiver, method, path, body, headers, code):
 
 @pytest.mark.parametrize("data, code", [
     (b"POST /submit/telemetry/nolen HTTP/1.1\r\nHost: x\r\n\r\n", 411),
-    (b"POST /submit/telemetry/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n", 411),
+    (b"POST /submit/telemetry/chunked HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"1\r\nx\r\n0\r\n\r\n", 411),
     (b"POST /submit/telemetry/badlen HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n", 400),
     (b"POST /submit/telemetry/huge HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\r\n", 413),
-    (b"POST /submit/telemetry/%FF%FE/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx", 400),
+    (b"POST /submit/telemetry/%FF%FE/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+     b"Content-Length: 1\r\n\r\nx", 400),
 ])
 def test_malformed_requests(receiver, data, code):
     assert raw_request(receiver, data)[0] == code
@@ -135,14 +140,16 @@ def test_malformed_requests(receiver, data, code):
 
 def test_keep_alive_and_pipelining(receiver):
     with socket.create_connection((receiver.host, receiver.port), timeout=10) as s:
-        reqs = b"".join(b"POST /submit/telemetry/pipe-%d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc" % i
-                        for i in range(5)) + b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        post = b"POST /submit/telemetry/pipe-%d HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+        reqs = (b"".join(post % i for i in range(5))
+                + b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         s.sendall(reqs)
         reply = b""
         while (c := s.recv(65536)):
             reply += c
     assert reply.count(b"HTTP/1.1 200 OK") == 6
-    assert [r.path for r in stored(receiver) if r.path.startswith("pipe-")] == [f"pipe-{i}" for i in range(5)]
+    piped = [r.path for r in stored(receiver) if r.path.startswith("pipe-")]
+    assert piped == [f"pipe-{i}" for i in range(5)]
 
 
 def test_expect_continue(receiver):
@@ -168,14 +175,17 @@ def test_metrics_and_stats_log(receiver):
     assert metrics['receiver_requests_total{code="200"}'] >= 1
     assert metrics['receiver_requests_total{code="404"}'] >= 1
     assert metrics["receiver_stored_records_total"] == len(stored(receiver))
-    assert metrics["receiver_stored_bytes_total"] == sum(p.stat().st_size for p in receiver.log_path.iterdir())
+    on_disk = sum(p.stat().st_size for p in receiver.log_path.iterdir())
+    assert metrics["receiver_stored_bytes_total"] == on_disk
     assert metrics["receiver_fsync_batch_records_count"] >= 1
-    assert metrics['receiver_fsync_seconds_bucket{le="+Inf"}'] == metrics["receiver_fsync_seconds_count"]
+    inf = metrics['receiver_fsync_seconds_bucket{le="+Inf"}']
+    assert inf == metrics["receiver_fsync_seconds_count"]
     stats_file = receiver.log_path.parent / "stats.log"
     deadline = time.time() + 10
     while time.time() < deadline:
         lines = [orjson.loads(x) for x in stats_file.read_bytes().splitlines()]
-        if any(x["url"] == PREFIX + "m1" for x in lines) and any(x["url"] == "/nope" for x in lines):
+        urls = {x["url"] for x in lines}
+        if PREFIX + "m1" in urls and "/nope" in urls:
             break
         time.sleep(0.1)
     m1 = next(x for x in lines if x["url"] == PREFIX + "m1")
@@ -204,12 +214,14 @@ def test_oversized_head_is_refused(receiver):
 
 @pytest.mark.parametrize("front", ["fast", "tornado"])
 def test_idle_and_stalled_connections_are_closed(tmp_path, front):
-    config = ReceiverConfig(port=0, workers=1, log_path=str(tmp_path / "logs"), idle_connection_timeout=0.5,
+    config = ReceiverConfig(port=0, workers=1, log_path=str(tmp_path / "logs"),
+                            idle_connection_timeout=0.5,
                             http_server=front, motd="")
     with start_receiver(config) as r:
         idle = socket.create_connection((r.host, r.port), timeout=10)
         stalled = socket.create_connection((r.host, r.port), timeout=10)
-        stalled.sendall(b"POST /submit/telemetry/stall HTTP/1.1\r\nContent-Length: 100\r\n\r\nonly part")
+        stalled.sendall(b"POST /submit/telemetry/stall HTTP/1.1\r\nContent-Length: 100\r\n\r\n"
+                        b"only part")
         for s in (idle, stalled):
             try:
                 assert s.recv(100) == b""

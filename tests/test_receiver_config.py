@@ -102,7 +102,8 @@ def test_start_receiver_raises_when_it_cannot_start(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(ReceiverError, match="did not start") as err:
-        start_receiver(ReceiverConfig(port=0, log_path=str(blocker / "logs"), workers=1), timeout=30)
+        start_receiver(ReceiverConfig(port=0, log_path=str(blocker / "logs"), workers=1),
+                       timeout=30)
     assert "exit code 1" in str(err.value)
 
 
@@ -112,14 +113,16 @@ def test_start_receiver_and_restart_of_dead_worker(tmp_path):
 
     import requests
 
-    with start_receiver(ReceiverConfig(port=0, log_path=str(tmp_path / "logs"), workers=1, motd="")) as r:
+    config = ReceiverConfig(port=0, log_path=str(tmp_path / "logs"), workers=1, motd="")
+    with start_receiver(config) as r:
         assert r.url == f"http://127.0.0.1:{r.port}"
         assert requests.get(r.url + "/status", timeout=10).text == "OK"
         [old] = r.worker_pids()
         os.kill(old, signal.SIGKILL)
         [new] = r.wait_for_workers(exclude=(old,))
         assert new != old
-        assert requests.post(r.submit_url("after-restart"), data=b"x", timeout=10).status_code == 200
+        resp = requests.post(r.submit_url("after-restart"), data=b"x", timeout=10)
+        assert resp.status_code == 200
         code = r.stop()
     assert code == 0
     assert f"worker 0 exited pid {old}" in r.output and f"worker 0 started pid {new}" in r.output
@@ -130,7 +133,8 @@ def test_docs_cover_every_key():
     from pathlib import Path
 
     doc = (Path(__file__).parent.parent / "docs" / "receiver.md").read_text()
-    rows = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
+    rows = {line.split("|")[1].strip().strip("`")
+            for line in doc.splitlines() if line.startswith("| `")}
     assert {f.name for f in fields(ReceiverConfig)} <= rows
 
 

@@ -1,4 +1,4 @@
-"""Durability and files: every 200 survives a killed worker, clean shutdown, rotation, failed writes."""
+"""Durability and files: every 200 survives a killed worker; shutdown, rotation, failed writes."""
 
 from __future__ import annotations
 
@@ -51,7 +51,8 @@ class Load:
         self.failures = 0
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(threads)]
 
     def __enter__(self):
         for t in self.threads:
@@ -92,7 +93,8 @@ class Load:
 def _busy_worker(r, run):
     """A worker that is writing a file right now (so the kill hits acknowledged work)."""
     pids = r.worker_pids()
-    writing = {int(p.name.split(".")[-2]) for p in r.log_path.iterdir() if not p.name.endswith(FINISHED_SUFFIX)}
+    writing = {int(p.name.split(".")[-2]) for p in r.log_path.iterdir()
+               if not p.name.endswith(FINISHED_SUFFIX)}
     busy = [p for p in pids if p in writing]
     return (busy or pids)[run % len(busy or pids)]
 
@@ -130,7 +132,8 @@ def test_sigterm_with_requests_in_flight(tmp_path, front):
     with start_receiver(_config(tmp_path, workers=2, http_server=front)) as r:
         # A request whose body is still coming when SIGTERM arrives.
         slow = socket.create_connection((r.host, r.port), timeout=10)
-        slow.sendall(b"POST /submit/telemetry/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345")
+        slow.sendall(b"POST /submit/telemetry/slow HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 10\r\n\r\n12345")
         with Load(r.host, r.port, threads=4) as load:
             time.sleep(0.7)
             r.process.send_signal(signal.SIGTERM)
@@ -166,7 +169,8 @@ def test_rotation_by_age(tmp_path):
         conn.request("POST", PREFIX + "age", body=b"x")
         assert conn.getresponse().status == 200
         deadline = time.time() + 10
-        while time.time() < deadline and not any(p.name.endswith(FINISHED_SUFFIX) for p in r.log_path.iterdir()):
+        while time.time() < deadline and not any(
+                p.name.endswith(FINISHED_SUFFIX) for p in r.log_path.iterdir()):
             time.sleep(0.05)
         assert_all_finished(r.log_path)
         assert all_records(r.log_path) == {"age": b"x"}
@@ -178,7 +182,8 @@ def test_dead_receiver_files_finalized_at_start(tmp_path):
     host = socket.gethostname()
     # A pid that cannot be alive: a file left by a receiver killed mid-write.
     orphan = logs / f"telemetry.v1.{host}.4194999.{TS}"
-    orphan.write_bytes(encode_record("left", b"behind", TS) + encode_record("torn", b"x" * 100, TS)[:40])
+    torn = encode_record("torn", b"x" * 100, TS)[:40]
+    orphan.write_bytes(encode_record("left", b"behind", TS) + torn)
     with start_receiver(_config(tmp_path, workers=1)) as r:
         assert (logs / (orphan.name + FINISHED_SUFFIX)).exists()
     assert all_records(logs) == {"left": b"behind"}
@@ -197,11 +202,12 @@ def test_finalize_file(tmp_path):
     live = tmp_path / f"telemetry.v1.h.{os.getpid()}.5"
     live.write_bytes(good)
     assert finalize_unfinished(tmp_path, "telemetry", "h") == []  # our own pid is alive
-    assert finalize_unfinished(tmp_path, "telemetry", "h", skip_live=False)[0].name == live.name + FINISHED_SUFFIX
+    [done] = finalize_unfinished(tmp_path, "telemetry", "h", skip_live=False)
+    assert done.name == live.name + FINISHED_SUFFIX
 
 
 def test_failed_write_abandons_the_file(tmp_path):
-    """A real kernel error (file size limit: EFBIG) mid-record: no half record followed by good ones."""
+    """A real kernel error (file size limit: EFBIG) mid-record: no half record, then good ones."""
 
     async def scenario():
         w = LogWriter(tmp_path, "telemetry", hostname="h")
@@ -224,11 +230,13 @@ def test_failed_write_abandons_the_file(tmp_path):
     files = sorted(tmp_path.iterdir())
     assert len(files) == 2 and all(f.name.endswith(FINISHED_SUFFIX) for f in files)
     assert b"".join(recs[:3]) in [f.read_bytes() for f in files]
-    assert all_records(tmp_path) == {"r0": b"x" * 280, "r1": b"x" * 280, "r2": b"x" * 280, "after": b"ok"}
+    expected = {"r0": b"x" * 280, "r1": b"x" * 280, "r2": b"x" * 280, "after": b"ok"}
+    assert all_records(tmp_path) == expected
     assert_all_finished(tmp_path)
 
 
-@pytest.mark.parametrize("errno_name, code", [("ENOSPC", 507), ("EDQUOT", 507), ("EIO", 500), ("EFBIG", 500)])
+@pytest.mark.parametrize("errno_name, code",
+                         [("ENOSPC", 507), ("EDQUOT", 507), ("EIO", 500), ("EFBIG", 500)])
 def test_storage_failure_codes(errno_name, code):
     import errno
 
@@ -265,7 +273,8 @@ def test_sighup_finishes_files_and_reopens_stats_log(tmp_path):
         r.process.send_signal(signal.SIGHUP)
         deadline = time.time() + 10
         while time.time() < deadline and not (
-                stats.exists() and all(p.name.endswith(FINISHED_SUFFIX) for p in r.log_path.iterdir())):
+                stats.exists()
+                and all(p.name.endswith(FINISHED_SUFFIX) for p in r.log_path.iterdir())):
             time.sleep(0.05)
         assert_all_finished(r.log_path)  # finished while still running
         assert stats.exists()
@@ -289,7 +298,8 @@ def test_metrics_add_up_over_workers(tmp_path):
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
     assert float(values["receiver_stored_records_total"]) == 20
     assert float(values['receiver_requests_total{code="200"}']) == 20
-    assert len({int(p.name.split(".")[-3]) for p in r.log_path.iterdir()}) == 2  # both workers took some
+    # Both workers took some.
+    assert len({int(p.name.split(".")[-3]) for p in r.log_path.iterdir()}) == 2
 
 
 def _post(r, path, body=b"x"):
