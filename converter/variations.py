@@ -22,6 +22,7 @@ REASONS = ("idle-daily", "saved-session")
 CHANNELS = ("release", "beta", "aurora", "nightly")
 VERSIONS = ("23.0.1", "24.0", "25.0a2")
 BUILDS = ("20130814063812", "20130910160258")
+OSES = ("WINNT", "Darwin", "Linux")
 DAY_MS = 86_400_000
 
 
@@ -40,7 +41,8 @@ def variations(base: Record, n: int, seed: int = 0, days: int = 3,
     for _ in range(n):
         doc_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         info = dict(doc["info"], reason=rng.choice(REASONS), appUpdateChannel=rng.choice(CHANNELS),
-                    appVersion=rng.choice(VERSIONS), appBuildID=rng.choice(BUILDS))
+                    appVersion=rng.choice(VERSIONS), appBuildID=rng.choice(BUILDS),
+                    OS=rng.choice(OSES))
         body = gzip.compress(orjson.dumps(dict(doc, info=info)), compresslevel=compresslevel,
                              mtime=0)
         path = "/".join((doc_id, info["reason"], info["appName"], info["appVersion"],

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "importer.cli",
     "aggregations.cli",
     "mapreduce.cli",
+    "telemetry.demo",
 )
 
 

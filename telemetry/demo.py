@@ -1,0 +1,193 @@
+"""The main job end to end on embedded defaults: what ``./scripts/demo`` runs.
+
+It starts every part for real, on loopback, in one work directory: a
+histogram server holding the fixture's Histograms.json, the receiver (which
+gets the real Firefox ping from the fixture plus variations of it over HTTP),
+the converter, the embedded MongoDB-wire server with the importer, two
+aggregations, and a replay of everything received into a second receiver.
+A newcomer sees each stage's output; a developer gets a smoke test of the
+whole pipeline.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import click
+import requests
+
+from aggregations.formats import format_rows
+from aggregations.pipelines import build_pipeline, run_pipeline
+from converter.layout import find_layout_files
+from converter.process import ConverterConfig, process
+from converter.revisions import parse_revision_url, serve_histograms, write_revision
+from converter.variations import base_record, variations
+from importer.importer import ImportOptions, import_dataset
+from importer.mongo import MongoConfig, connect, ensure_embedded
+from receiver.config import ReceiverConfig
+from receiver.rawlog import RawLogReader, ReadStats, finished_files
+from receiver.replay import ReplayConfig, replay_logs
+from receiver.service import start_receiver
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+FIXTURE_LOG = FIXTURES / "raw" / "telemetry1.v1.log"
+REVISION_URL = "http://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf302"
+
+
+class DemoError(Exception):
+    """The demo cannot run (for instance the repository's fixtures are missing)."""
+
+
+@dataclass
+class DemoResult:
+    """What the demo produced, for the caller (and the test) to check."""
+
+    posted: int = 0
+    accepted: int = 0
+    raw: ReadStats = field(default_factory=ReadStats)
+    records_out: int = 0
+    rejected: int = 0
+    layout_files: int = 0
+    imported: int = 0
+    os_rows: list[dict] = field(default_factory=list)
+    histogram_rows: list[dict] = field(default_factory=list)
+    replayed_same: bool | None = None
+
+
+def raw_pairs(log_dir: Path) -> Counter:
+    """The (path, body) multiset of every finished raw log in a directory."""
+    pairs: Counter = Counter()
+    for f in finished_files(log_dir):
+        pairs.update((r.path, r.data) for r in RawLogReader(f))
+    return pairs
+
+
+def run_demo(workdir: Path, records: int = 300, workers: int = 2, mongo_url: str | None = None,
+             replay: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
+    """Receive, convert, import and aggregate ``records`` submissions inside ``workdir``."""
+    if not FIXTURE_LOG.exists():
+        raise DemoError(f"the demo needs the repository's fixtures ({FIXTURE_LOG} is missing)")
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    result = DemoResult()
+
+    def step(title: str) -> None:
+        echo(f"\n== {title}")
+
+    # 1. A histogram server that knows the revision the fixture ping names.
+    repo, rev = parse_revision_url(REVISION_URL)
+    write_revision(workdir / "hg", repo, rev, (FIXTURES / "histograms" / f"{rev}.Histograms.json").read_bytes())
+
+    with serve_histograms(workdir / "hg") as hg:
+        step("receive")
+        raw_dir = workdir / "raw"
+        config = ReceiverConfig(log_path=str(raw_dir), port=0, workers=workers, include_request_ip=True)
+        base = base_record(FIXTURE_LOG)
+        submissions = [base, *variations(base, records - 1, seed=1)]
+        with start_receiver(config) as receiver:
+            echo(f"receiver listening on {receiver.url} ({workers} workers, durability={config.durability})")
+            with requests.Session() as http:
+                for rec in submissions:
+                    response = http.post(receiver.submit_url(rec.path), data=rec.data, timeout=30)
+                    result.posted += 1
+                    result.accepted += response.status_code == 200
+            receiver.stop()
+        for f in finished_files(raw_dir):
+            reader = RawLogReader(f)
+            for _ in reader:
+                pass
+            result.raw.add(reader.stats)
+        echo(f"posted {result.posted} submissions (the real Firefox 23 ping and variations of it), "
+             f"{result.accepted} answered 200")
+        echo(f"raw log: {len(finished_files(raw_dir))} finished files, {result.raw.records} records, "
+             f"{result.raw.bytes:,} bytes, {result.raw.skipped_bytes} bytes skipped")
+
+        step("convert")
+        layout = workdir / "layout"
+        summary = process(ConverterConfig(storage_path=str(layout), telemetry_schema="",
+                                          histogram_cache=str(workdir / "histogram-cache"),
+                                          histogram_server=hg.url, workers=workers), [raw_dir],
+                          progress=False)
+        for line in summary.lines():
+            echo(line)
+        files = find_layout_files(layout, include_plain=False)
+        result.records_out, result.rejected, result.layout_files = (
+            summary.records_out, summary.records_rejected, len(files))
+        for f in files[:5]:
+            echo(f"  {f.relpath}")
+        if len(files) > 5:
+            echo(f"  ... and {len(files) - 5} more layout files")
+
+    step("import into MongoDB")
+    server = None
+    if mongo_url is None:
+        server, _ = ensure_embedded(MongoConfig(data_dir=workdir / "mongo"))
+        mongo_url = server.url
+        echo(f"embedded MongoDB-wire server (SecantusDB) on {mongo_url}")
+    try:
+        imported = import_dataset(layout, mongo_url, ImportOptions(drop=True, workers=workers))
+        echo(imported.describe())
+        result.imported = imported.inserted
+
+        step("aggregate")
+        with connect(mongo_url) as client:
+            payloads = client["telemetry"]["payloads"]
+            result.os_rows = run_pipeline(payloads, "os_distribution")
+            echo("documents by info.OS:")
+            echo(format_rows(result.os_rows, build_pipeline("os_distribution", None)[1]))
+            result.histogram_rows = run_pipeline(payloads, "histogram", name="GC_MS", by="appUpdateChannel")
+            columns = build_pipeline("histogram", None, name="GC_MS", by="appUpdateChannel")[1]
+            shown = [c for c in columns if c not in ("values",)]
+            echo("\nGC_MS summed per channel:")
+            echo(format_rows(result.histogram_rows, shown))
+    finally:
+        if server is not None:
+            server.stop()
+
+    if replay:
+        step("replay into a second receiver")
+        second_dir = workdir / "raw-replayed"
+        with start_receiver(ReceiverConfig(log_path=str(second_dir), port=0, workers=1)) as second:
+            replayed = replay_logs(ReplayConfig(sources=[str(raw_dir)],
+                                                dest=second.url + second.config.url_prefix + "%k",
+                                                concurrency=16))
+            second.stop()
+        echo(replayed.describe())
+        result.replayed_same = raw_pairs(second_dir) == raw_pairs(raw_dir)
+        echo("the second receiver holds exactly the same (path, body) records"
+             if result.replayed_same else "the second receiver's records DIFFER from the first's")
+    return result
+
+
+@click.command()
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
+              help="Where everything is written (emptied first).")
+@click.option("--records", type=click.IntRange(1, 100_000), default=300, show_default=True,
+              help="How many submissions to post.")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
+              help="Use this MongoDB instead of a throwaway embedded server.")
+@click.option("--replay/--no-replay", default=True, show_default=True)
+def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool) -> None:
+    """Run the whole pipeline once on embedded defaults and print what each stage did."""
+    started = time.monotonic()
+    try:
+        result = run_demo(workdir, records, workers, mongo_url, replay, echo=click.echo)
+    except DemoError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"\ndone in {time.monotonic() - started:.1f} s; everything is under {workdir}/")
+    if result.accepted != result.posted or result.replayed_same is False:
+        sys.exit(1)
+
+
+commands = [demo]
+
+if __name__ == "__main__":
+    demo()
