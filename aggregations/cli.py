@@ -49,13 +49,24 @@ def collection_options(f):
 
 
 def pipeline_options(f):
-    f = click.option("--by", help="Dimension to group by (histogram, simple_measurement) "
-                                  "[default: appUpdateChannel].")(f)
+    f = click.option(
+        "--by",
+        help="Dimension to group by (histogram, simple_measurement) "
+        "[default: appUpdateChannel].",
+    )(f)
     f = click.option("--name", "measure", help="Histogram or simpleMeasurements key.")(f)
-    f = click.option("--filter", "filter_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="A MapReduce-style filter (telemetry_schema.json shape) on the dimensions.")(f)
-    f = click.option("--schema", "schema_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="telemetry_schema.json naming the dimensions [default: the packaged one].")(f)
+    f = click.option(
+        "--filter",
+        "filter_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="A MapReduce-style filter (telemetry_schema.json shape) on the dimensions.",
+    )(f)
+    f = click.option(
+        "--schema",
+        "schema_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="telemetry_schema.json naming the dimensions [default: the packaged one].",
+    )(f)
     return f
 
 
@@ -63,14 +74,31 @@ def pipeline_options(f):
 @click.argument("name", required=False)
 @pipeline_options
 @collection_options
-@click.option("--pipeline", "pipeline_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Run your own pipeline (a JSON list of stages) instead of a named one.")
+@click.option(
+    "--pipeline",
+    "pipeline_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Run your own pipeline (a JSON list of stages) instead of a named one.",
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
 @click.option("--list", "list_", is_flag=True, help="List the named pipelines and exit.")
 @click.option("--show", is_flag=True, help="Print the pipeline as JSON instead of running it.")
 @mongo_options
-def aggregate(name, measure, by, filter_path, schema_path, database, collection, pipeline_path, fmt, list_, show,
-              mongo_url, mongo_dir):
+def aggregate(
+    name,
+    measure,
+    by,
+    filter_path,
+    schema_path,
+    database,
+    collection,
+    pipeline_path,
+    fmt,
+    list_,
+    show,
+    mongo_url,
+    mongo_dir,
+):
     """Run the named aggregation pipeline NAME (see --list) over the imported pings."""
     if list_:
         for p in PIPELINES.values():
@@ -116,16 +144,37 @@ def aggregate(name, measure, by, filter_path, schema_path, database, collection,
 
 @click.command()
 @click.argument("name")
-@click.option("--data-dir", required=True, type=click.Path(path_type=Path),
-              help="The layout the MapReduce job reads (the dataset that was imported).")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The layout the MapReduce job reads (the dataset that was imported).",
+)
 @pipeline_options
 @collection_options
-@click.option("--work-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the job keeps its intermediate files [default: a temporary directory].")
-@click.option("--num-mappers", type=click.IntRange(1), help="Mapper processes [default: one per CPU].")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the job keeps its intermediate files [default: a temporary directory].",
+)
+@click.option(
+    "--num-mappers", type=click.IntRange(1), help="Mapper processes [default: one per CPU]."
+)
 @mongo_options
-def compare(name, data_dir, measure, by, filter_path, schema_path, database, collection, work_dir, num_mappers,
-            mongo_url, mongo_dir):
+def compare(
+    name,
+    data_dir,
+    measure,
+    by,
+    filter_path,
+    schema_path,
+    database,
+    collection,
+    work_dir,
+    num_mappers,
+    mongo_url,
+    mongo_dir,
+):
     """Answer NAME twice, by a MapReduce job over --data-dir and by the Mongo pipeline, and compare.
 
     Exit 0 when both agree (floats within a relative 1e-9), 1 when they differ.
@@ -141,8 +190,17 @@ def compare(name, data_dir, measure, by, filter_path, schema_path, database, col
         work_dir.mkdir(parents=True, exist_ok=True)
     client, coll = _collection(mongo_url, mongo_dir, database, collection)
     try:
-        result = compare_both(name, coll, data_dir, schema, filter_path, work_dir, num_mappers,
-                              log=lambda m: click.echo(m, err=True), **_options(measure, by))
+        result = compare_both(
+            name,
+            coll,
+            data_dir,
+            schema,
+            filter_path,
+            work_dir,
+            num_mappers,
+            log=lambda m: click.echo(m, err=True),
+            **_options(measure, by),
+        )
     except AggregationError as e:
         raise click.UsageError(str(e)) from None
     except PyMongoError as e:

@@ -10,9 +10,9 @@ compared value by value (floats within a relative 1e-9).
 
 from __future__ import annotations
 
+import ast
 import inspect
 import math
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,6 @@ from converter.schema import Schema
 
 JOBS_DIR = Path(__file__).parent / "jobs"
 REL_TOL = 1e-9
-_PARAMS_LINE = re.compile(r"^PARAMS = .*$", re.MULTILINE)
 
 
 @dataclass
@@ -51,17 +50,25 @@ class Comparison:
     def describe(self, width: int = 24) -> str:
         """Both sides in one table, then each difference on its own line, then the verdict."""
         values = [c for c in self.columns if c not in self.keys]
-        header = list(self.keys) + [f"{c} ({side})" for c in values for side in ("mongo", "mapreduce")]
+        header = list(self.keys) + [
+            f"{c} ({side})" for c in values for side in ("mongo", "mapreduce")
+        ]
         mongo, job = _by_key(self.mongo, self.keys), _by_key(self.job, self.keys)
         cells = []
         for key in sorted(set(mongo) | set(job), key=_sort_key):
             m, j = mongo.get(key, {}), job.get(key, {})
             row = [cell(k) for k in key]
             for c in values:
-                row += [_short(cell(m.get(c)), width) if m else "-", _short(cell(j.get(c)), width) if j else "-"]
+                row += [
+                    _short(cell(m.get(c)), width) if m else "-",
+                    _short(cell(j.get(c)), width) if j else "-",
+                ]
             cells.append(row)
         numeric = [False] * len(self.keys) + [None] * (len(header) - len(self.keys))
-        out = [f"{self.name}: mongo pipeline vs mapreduce job", table(cells, header, numeric).rstrip("\n")]
+        out = [
+            f"{self.name}: mongo pipeline vs mapreduce job",
+            table(cells, header, numeric).rstrip("\n"),
+        ]
         if self.differences:
             out.append(f"{len(self.differences)} difference(s):")
             out += [f"  {_key_text(self.keys, d.key)}: {d.what}" for d in self.differences]
@@ -79,13 +86,22 @@ def job_script(name: str) -> Path:
 
 
 def render_job_script(name: str, params: dict[str, Any], target: Path) -> Path:
-    """A copy of the pipeline's job script with its ``PARAMS`` line set to ``params``."""
+    """A copy of the pipeline's job script with its ``PARAMS = ...`` statement set to ``params``."""
     text = job_script(name).read_text()
-    line = "PARAMS = " + repr(params)
-    text, count = _PARAMS_LINE.subn(lambda _: line, text, count=1)
-    if count != 1:
-        raise AggregationError(f"job script {name}.py has no PARAMS line")
-    target.write_text(text)
+    assign = next(
+        (
+            node
+            for node in ast.parse(text).body
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "PARAMS" for t in node.targets)
+        ),
+        None,
+    )
+    if assign is None:
+        raise AggregationError(f"job script {name}.py has no PARAMS statement")
+    lines = text.splitlines(keepends=True)
+    lines[assign.lineno - 1 : assign.end_lineno] = [f"PARAMS = {params!r}\n"]
+    target.write_text("".join(lines))
     return target
 
 
@@ -110,8 +126,17 @@ def read_job_output(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def run_job_rows(name: str, data_dir: Path, /, work_dir: Path, schema: Schema, filter_path: Path | None = None,
-                 num_mappers: int | None = None, log=None, **options: Any) -> list[dict[str, Any]]:
+def run_job_rows(
+    name: str,
+    data_dir: Path,
+    /,
+    work_dir: Path,
+    schema: Schema,
+    filter_path: Path | None = None,
+    num_mappers: int | None = None,
+    log=None,
+    **options: Any,
+) -> list[dict[str, Any]]:
     """Run the pipeline's job script over ``data_dir`` with the MapReduce framework; its rows."""
     from mapreduce.job import JobConfig, run_job
 
@@ -119,15 +144,23 @@ def run_job_rows(name: str, data_dir: Path, /, work_dir: Path, schema: Schema, f
     work_dir.mkdir(parents=True, exist_ok=True)
     script = render_job_script(name, job_params(name, schema, options), work_dir / f"{name}_job.py")
     output = work_dir / "output.txt"
-    config = JobConfig(job_script=script, data_dir=Path(data_dir), work_dir=work_dir / "work", output=output,
-                       input_filter=filter_path, num_reducers=1, progress=False,
-                       **({"num_mappers": num_mappers} if num_mappers else {}))
+    config = JobConfig(
+        job_script=script,
+        data_dir=Path(data_dir),
+        work_dir=work_dir / "work",
+        output=output,
+        input_filter=filter_path,
+        num_reducers=1,
+        progress=False,
+        **({"num_mappers": num_mappers} if num_mappers else {}),
+    )
     run_job(config, log=log or (lambda message: None))
     return read_job_output(output)
 
 
-def compare_rows(name: str, columns: list[str], mongo: list[dict], job: list[dict],
-                 rel_tol: float = REL_TOL) -> Comparison:
+def compare_rows(
+    name: str, columns: list[str], mongo: list[dict], job: list[dict], rel_tol: float = REL_TOL
+) -> Comparison:
     keys = key_columns(columns)
     result = Comparison(name, columns, keys, mongo, job)
     by_mongo, by_job = _by_key(mongo, keys), _by_key(job, keys)
@@ -140,19 +173,32 @@ def compare_rows(name: str, columns: list[str], mongo: list[dict], job: list[dic
         else:
             for c in columns:
                 if c not in keys and not same(m.get(c), j.get(c), rel_tol):
-                    result.differences.append(Difference(key, f"{c}: {_diff_text(m.get(c), j.get(c), rel_tol)}"))
+                    result.differences.append(
+                        Difference(key, f"{c}: {_diff_text(m.get(c), j.get(c), rel_tol)}")
+                    )
     return result
 
 
-def compare(name: str, collection, /, data_dir: Path, schema: Schema, filter_path: Path | None = None,
-            work_dir: Path | None = None, num_mappers: int | None = None, log=None,
-            **options: Any) -> Comparison:
-    """Run pipeline ``name`` on ``collection`` and its job over ``data_dir``, and compare the rows."""
+def compare(
+    name: str,
+    collection,
+    /,
+    data_dir: Path,
+    schema: Schema,
+    filter_path: Path | None = None,
+    work_dir: Path | None = None,
+    num_mappers: int | None = None,
+    log=None,
+    **options: Any,
+) -> Comparison:
+    """Run pipeline ``name`` on ``collection`` and its job over ``data_dir``; compare the rows."""
     filter = Schema.load(filter_path) if filter_path else None
     pipeline, columns = build_pipeline(name, filter=filter, **options)
     mongo_rows = [{c: row.get(c) for c in columns} for row in collection.aggregate(pipeline)]
     with tempfile.TemporaryDirectory(prefix="telemetry-compare-", dir=work_dir) as tmp:
-        job_rows = run_job_rows(name, data_dir, Path(tmp), schema, filter_path, num_mappers, log, **options)
+        job_rows = run_job_rows(
+            name, data_dir, Path(tmp), schema, filter_path, num_mappers, log, **options
+        )
     return compare_rows(name, columns, mongo_rows, job_rows)
 
 
@@ -192,5 +238,4 @@ def _key_text(keys: list[str], key: tuple) -> str:
 
 
 def _short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[:width - 3] + "..."
-
+    return text if len(text) <= width else text[: width - 3] + "..."

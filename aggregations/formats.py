@@ -25,8 +25,14 @@ def cell(value: Any) -> str:
 def format_rows(rows: list[dict[str, Any]], columns: list[str], fmt: str = "table") -> str:
     """``rows`` in ``fmt``; ``json`` is a list of objects keyed by column name, one per row."""
     if fmt == "json":
-        return orjson.dumps([{c: r.get(c) for c in columns} for r in rows],
-                            option=orjson.OPT_INDENT_2, default=str).decode() + "\n"
+        return (
+            orjson.dumps(
+                [{c: r.get(c) for c in columns} for r in rows],
+                option=orjson.OPT_INDENT_2,
+                default=str,
+            ).decode()
+            + "\n"
+        )
     if fmt in ("csv", "tsv"):
         out = io.StringIO()
         writer = csv.writer(out, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
@@ -40,7 +46,9 @@ def format_rows(rows: list[dict[str, Any]], columns: list[str], fmt: str = "tabl
     raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
-def table(cells: list[list[str]], header: list[str], numeric: list[bool | None] | None = None) -> str:
+def table(
+    cells: list[list[str]], header: list[str], numeric: list[bool | None] | None = None
+) -> str:
     """An aligned text table: numbers to the right, text (a date too) to the left.
 
     ``numeric`` says which columns hold numbers; a None in it, or no list,
@@ -49,8 +57,10 @@ def table(cells: list[list[str]], header: list[str], numeric: list[bool | None] 
     widths = [len(h) for h in header]
     for row in cells:
         widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    guess = [all(_is_number(row[i]) for row in cells if row[i]) and any(row[i] for row in cells)
-             for i in range(len(header))]
+    guess = [
+        all(_is_number(row[i]) for row in cells if row[i]) and any(row[i] for row in cells)
+        for i in range(len(header))
+    ]
     numeric = [g if n is None else n for g, n in zip(guess, numeric or [None] * len(header))]
 
     def line(values: list[str]) -> str:

@@ -39,7 +39,7 @@ class NamedPipeline:
     name: str
     help: str
     build: Callable[..., tuple[list[dict[str, Any]], list[str]]]
-    options: tuple[str, ...] = ()       # what the caller must give (``--name``)
+    options: tuple[str, ...] = ()  # what the caller must give (``--name``)
 
 
 def os_distribution() -> tuple[list[dict], list[str]]:
@@ -77,31 +77,68 @@ def histogram(name: str, by: str = "appUpdateChannel") -> tuple[list[dict], list
     _check_name("dimension", by)
     n_stats = len(STATISTICS)
     field = f"$histograms.{name}"
-    add_pairs = {"$map": {"input": {"$zip": {"inputs": ["$$value", "$$this"]}}, "as": "p",
-                          "in": {"$add": [{"$arrayElemAt": ["$$p", 0]}, {"$arrayElemAt": ["$$p", 1]}]}}}
+    add_pairs = {
+        "$map": {
+            "input": {"$zip": {"inputs": ["$$value", "$$this"]}},
+            "as": "p",
+            "in": {"$add": [{"$arrayElemAt": ["$$p", 0]}, {"$arrayElemAt": ["$$p", 1]}]},
+        }
+    }
     pipeline = [
         {"$match": {f"histograms.{name}": {"$type": "array"}}},
-        {"$project": {"_id": 0, "by": {"$ifNull": [f"${META}.{by}", UNKNOWN]}, "h": field,
-                      "n": {"$size": field}}},
+        {
+            "$project": {
+                "_id": 0,
+                "by": {"$ifNull": [f"${META}.{by}", UNKNOWN]},
+                "h": field,
+                "n": {"$size": field},
+            }
+        },
         {"$match": {"n": {"$gt": n_stats}}},
-        {"$group": {
-            "_id": {"by": "$by", "n": "$n"},
-            "count": {"$sum": 1},
-            "arrays": {"$push": {"$slice": ["$h", {"$subtract": ["$n", n_stats]}]}},
-            **{f"{s}_total": {"$sum": {"$max": [0, {"$arrayElemAt": ["$h", k - n_stats]}]}}
-               for k, s in enumerate(STATISTICS)},
-            **{f"{s}_present": {"$sum": {"$cond": [{"$gte": [{"$arrayElemAt": ["$h", k - n_stats]}, 0]}, 1, 0]}}
-               for k, s in enumerate(STATISTICS)},
-        }},
+        {
+            "$group": {
+                "_id": {"by": "$by", "n": "$n"},
+                "count": {"$sum": 1},
+                "arrays": {"$push": {"$slice": ["$h", {"$subtract": ["$n", n_stats]}]}},
+                **{
+                    f"{s}_total": {"$sum": {"$max": [0, {"$arrayElemAt": ["$h", k - n_stats]}]}}
+                    for k, s in enumerate(STATISTICS)
+                },
+                **{
+                    f"{s}_present": {
+                        "$sum": {
+                            "$cond": [{"$gte": [{"$arrayElemAt": ["$h", k - n_stats]}, 0]}, 1, 0]
+                        }
+                    }
+                    for k, s in enumerate(STATISTICS)
+                },
+            }
+        },
         {"$sort": {"_id.by": 1, "_id.n": 1}},
-        {"$project": {
-            "_id": 0, by: "$_id.by", "n_buckets": {"$subtract": ["$_id.n", n_stats]}, "count": 1,
-            "buckets": {"$reduce": {"input": "$arrays",
-                                    "initialValue": {"$map": {"input": {"$range": [0, {"$subtract": [
-                                        "$_id.n", n_stats]}]}, "in": 0}},
-                                    "in": add_pairs}},
-            **{s: {"$cond": [{"$gt": [f"${s}_present", 0]}, f"${s}_total", -1]} for s in STATISTICS},
-        }},
+        {
+            "$project": {
+                "_id": 0,
+                by: "$_id.by",
+                "n_buckets": {"$subtract": ["$_id.n", n_stats]},
+                "count": 1,
+                "buckets": {
+                    "$reduce": {
+                        "input": "$arrays",
+                        "initialValue": {
+                            "$map": {
+                                "input": {"$range": [0, {"$subtract": ["$_id.n", n_stats]}]},
+                                "in": 0,
+                            }
+                        },
+                        "in": add_pairs,
+                    }
+                },
+                **{
+                    s: {"$cond": [{"$gt": [f"${s}_present", 0]}, f"${s}_total", -1]}
+                    for s in STATISTICS
+                },
+            }
+        },
     ]
     return pipeline, [by, "n_buckets", "count", "buckets", *STATISTICS]
 
@@ -119,35 +156,91 @@ def simple_measurement(name: str, by: str = "appUpdateChannel") -> tuple[list[di
         {"$match": {f"simpleMeasurements.{name}": {"$type": ["int", "long", "double", "decimal"]}}},
         {"$project": {"_id": 0, "by": {"$ifNull": [f"${META}.{by}", UNKNOWN]}, "v": value}},
         {"$sort": {"by": 1, "v": 1}},
-        {"$group": {"_id": "$by", "count": {"$sum": 1}, "mean": {"$avg": "$v"}, "min": {"$min": "$v"},
-                    "max": {"$max": "$v"}, "values": {"$push": "$v"}}},
+        {
+            "$group": {
+                "_id": "$by",
+                "count": {"$sum": 1},
+                "mean": {"$avg": "$v"},
+                "min": {"$min": "$v"},
+                "max": {"$max": "$v"},
+                "values": {"$push": "$v"},
+            }
+        },
         {"$sort": {"_id": 1}},
-        {"$project": {
-            "_id": 0, by: "$_id", "count": 1, "mean": 1, "min": 1, "max": 1,
-            **{f"p{p}": {"$arrayElemAt": ["$values", {"$max": [0, {"$subtract": [
-                {"$toInt": {"$ceil": {"$multiply": [p / 100, "$count"]}}}, 1]}]}]}
-               for p in PERCENTILES},
-        }},
+        {
+            "$project": {
+                "_id": 0,
+                by: "$_id",
+                "count": 1,
+                "mean": 1,
+                "min": 1,
+                "max": 1,
+                **{
+                    f"p{p}": {
+                        "$arrayElemAt": [
+                            "$values",
+                            {
+                                "$max": [
+                                    0,
+                                    {
+                                        "$subtract": [
+                                            {
+                                                "$toInt": {
+                                                    "$ceil": {"$multiply": [p / 100, "$count"]}
+                                                }
+                                            },
+                                            1,
+                                        ]
+                                    },
+                                ]
+                            },
+                        ]
+                    }
+                    for p in PERCENTILES
+                },
+            }
+        },
     ]
     return pipeline, [by, "count", "mean", "min", "max", *(f"p{p}" for p in PERCENTILES)]
 
 
-PIPELINES: dict[str, NamedPipeline] = {p.name: p for p in (
-    NamedPipeline("os_distribution", "documents per operating system (info.OS)", os_distribution),
-    NamedPipeline("submissions", "documents per submission_date x appUpdateChannel x appVersion", submissions),
-    NamedPipeline("histogram", "one histogram (--name) summed bucket by bucket per dimension (--by), "
-                  "with its statistics", histogram, ("name",)),
-    NamedPipeline("simple_measurement", "count/mean/min/max/percentiles of one simpleMeasurements key "
-                  "(--name) per dimension (--by)", simple_measurement, ("name",)),
-)}
+PIPELINES: dict[str, NamedPipeline] = {
+    p.name: p
+    for p in (
+        NamedPipeline(
+            "os_distribution", "documents per operating system (info.OS)", os_distribution
+        ),
+        NamedPipeline(
+            "submissions",
+            "documents per submission_date x appUpdateChannel x appVersion",
+            submissions,
+        ),
+        NamedPipeline(
+            "histogram",
+            "one histogram (--name) summed bucket by bucket per dimension (--by), "
+            "with its statistics",
+            histogram,
+            ("name",),
+        ),
+        NamedPipeline(
+            "simple_measurement",
+            "count/mean/min/max/percentiles of one simpleMeasurements key "
+            "(--name) per dimension (--by)",
+            simple_measurement,
+            ("name",),
+        ),
+    )
+}
 
 
 def key_columns(columns: list[str]) -> list[str]:
     """The columns that identify a row: those before ``count``."""
-    return columns[:columns.index("count")] if "count" in columns else columns[:1]
+    return columns[: columns.index("count")] if "count" in columns else columns[:1]
 
 
-def build_pipeline(name: str, /, filter: Schema | None = None, **options: Any) -> tuple[list[dict], list[str]]:
+def build_pipeline(
+    name: str, /, filter: Schema | None = None, **options: Any
+) -> tuple[list[dict], list[str]]:
     """The pipeline ``name`` with ``options``, preceded by the ``$match`` of ``filter``."""
     named = PIPELINES.get(name)
     if named is None:
@@ -159,20 +252,30 @@ def build_pipeline(name: str, /, filter: Schema | None = None, **options: Any) -
     try:
         pipeline, columns = named.build(**given)
     except TypeError:
-        raise AggregationError(f"pipeline {name} takes no option among {', '.join(sorted(given))}") from None
+        raise AggregationError(
+            f"pipeline {name} takes no option among {', '.join(sorted(given))}"
+        ) from None
     return with_filter(pipeline, filter), columns
 
 
-def run_pipeline(collection, name: str, /, filter: Schema | None = None, **options: Any) -> list[dict]:
+def run_pipeline(
+    collection, name: str, /, filter: Schema | None = None, **options: Any
+) -> list[dict]:
     """Rows of the named pipeline over ``collection`` (a pymongo collection), one dict per row."""
     pipeline, columns = build_pipeline(name, filter, **options)
     return [{c: row.get(c) for c in columns} for row in collection.aggregate(pipeline)]
 
 
-def run_custom(collection, pipeline: Any, filter: Schema | None = None) -> tuple[list[dict], list[str]]:
-    """A user's own pipeline; its columns are the fields of its rows in order of first appearance."""
-    if not isinstance(pipeline, list) or not all(isinstance(s, dict) and len(s) == 1 for s in pipeline):
-        raise AggregationError("a pipeline file must hold a JSON list of stages, each one {\"$stage\": ...}")
+def run_custom(
+    collection, pipeline: Any, filter: Schema | None = None
+) -> tuple[list[dict], list[str]]:
+    """A user's own pipeline; its columns are its rows' fields in order of first appearance."""
+    if not isinstance(pipeline, list) or not all(
+        isinstance(s, dict) and len(s) == 1 for s in pipeline
+    ):
+        raise AggregationError(
+            'a pipeline file must hold a JSON list of stages, each one {"$stage": ...}'
+        )
     rows = list(collection.aggregate(with_filter(pipeline, filter)))
     columns: dict[str, None] = {}
     for row in rows:

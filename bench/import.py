@@ -46,7 +46,7 @@ def _original_undot(value):
 
 
 def _original_import_file(args):
-    """One file, the original's way: stdlib json, dots replaced, one insert of the whole file, w=0."""
+    """One file, the original's way: stdlib json, dots replaced, one w=0 insert of the file."""
     url, database, path, dims = args
     client = pymongo.MongoClient(url)
     coll = client[database].get_collection("payloads", write_concern=pymongo.WriteConcern(w=0))
@@ -69,7 +69,10 @@ def _original_import_file(args):
 
 def original_method(url: str, database: str, base: Path, expected: int) -> float:
     names = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
-    work = [(url, database, str(f.path), dict(zip(names, f.dimensions))) for f in find_layout_files(base)]
+    work = [
+        (url, database, str(f.path), dict(zip(names, f.dimensions)))
+        for f in find_layout_files(base)
+    ]
     client = pymongo.MongoClient(url)
     client.drop_database(database)
     start = time.perf_counter()
@@ -77,7 +80,10 @@ def original_method(url: str, database: str, base: Path, expected: int) -> float
         sent = sum(pool.map(_original_import_file, work, chunksize=8))
     # w=0 returns at once: wait until the server really holds every document.
     deadline = time.perf_counter() + 600
-    while client[database].payloads.estimated_document_count() < expected and time.perf_counter() < deadline:
+    while (
+        client[database].payloads.estimated_document_count() < expected
+        and time.perf_counter() < deadline
+    ):
         time.sleep(0.02)
     elapsed = time.perf_counter() - start
     held = client[database].payloads.count_documents({})
@@ -89,8 +95,23 @@ def original_method(url: str, database: str, base: Path, expected: int) -> float
 
 def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "importer", str(base), "-d", database, "--drop",
-                           "--mongo-url", url, *extra], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "importer",
+            str(base),
+            "-d",
+            database,
+            "--drop",
+            "--mongo-url",
+            url,
+            *extra,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"python -m importer failed: {proc.stderr.strip()}")
@@ -98,39 +119,63 @@ def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=20000, help="records per payload size")
     parser.add_argument("--sizes", default="5,30", help="payload sizes in KB, comma separated")
-    parser.add_argument("--memory", action="store_true", help="server storage in memory instead of on disk")
+    parser.add_argument(
+        "--memory", action="store_true", help="server storage in memory instead of on disk"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         tmp = Path(tmp)
-        server = start_embedded(tmp / "server", storage_path=":memory:" if args.memory else None,
-                                detach=False, pid_file=False)
-        print(f"embedded server {server.url} ({'memory' if args.memory else 'disk'}), {os.cpu_count()} CPUs")
+        server = start_embedded(
+            tmp / "server",
+            storage_path=":memory:" if args.memory else None,
+            detach=False,
+            pid_file=False,
+        )
+        storage = "memory" if args.memory else "disk"
+        print(f"embedded server {server.url} ({storage}), {os.cpu_count()} CPUs")
         try:
             for kb in (int(s) for s in args.sizes.split(",")):
                 base = tmp / f"layout_{kb}k"
                 write_layout(base, make_records(args.records, seed=kb, payload_kb=kb))
                 files = find_layout_files(base)
                 mb = sum(f.size for f in files) / 2**20
-                print(f"\n{args.records} records of ~{kb} KB in {len(files)} files ({mb:.1f} MB compressed)")
+                print(
+                    f"\n{args.records} records of ~{kb} KB in {len(files)} files "
+                    f"({mb:.1f} MB compressed)"
+                )
                 base_s = original_method(server.url, f"orig_{kb}", base, args.records)
-                print(f"  original (w=0, 1 proc/CPU, whole file) {args.records / base_s:9,.0f} docs/s  "
-                      f"({base_s:.1f}s)  baseline")
-                for label, extra in (("python -m importer (w=1, indexes)", []),
-                                     ("python -m importer (w=1, --no-indexes)", ["--no-indexes"])):
+                print(
+                    f"  {'original (w=0, 1 proc/CPU, whole file)':38s} "
+                    f"{args.records / base_s:9,.0f} docs/s  "
+                    f"({base_s:.1f}s)  baseline"
+                )
+                for label, extra in (
+                    ("python -m importer (w=1, indexes)", []),
+                    ("python -m importer (w=1, --no-indexes)", ["--no-indexes"]),
+                ):
                     ours_s = our_method(server.url, f"ours_{kb}", base, extra)
-                    print(f"  {label:38s} {args.records / ours_s:9,.0f} docs/s  ({ours_s:.1f}s)  "
-                          f"{base_s / ours_s:.2f}x")
+                    print(
+                        f"  {label:38s} {args.records / ours_s:9,.0f} docs/s  ({ours_s:.1f}s)  "
+                        f"{base_s / ours_s:.2f}x"
+                    )
                 client = pymongo.MongoClient(server.url)
                 coll = client[f"ours_{kb}"].payloads
-                for name, opts in (("os_distribution", {}), ("submissions", {}),
-                                   ("histogram", {"name": "GC_MS"}), ("simple_measurement", {"name": "firstPaint"})):
+                for name, opts in (
+                    ("os_distribution", {}),
+                    ("submissions", {}),
+                    ("histogram", {"name": "GC_MS"}),
+                    ("simple_measurement", {"name": "firstPaint"}),
+                ):
                     start = time.perf_counter()
                     rows = run_pipeline(coll, name, **opts)
-                    print(f"  pipeline {name:20s} {time.perf_counter() - start:6.2f}s  ({len(rows)} rows)")
+                    seconds = time.perf_counter() - start
+                    print(f"  pipeline {name:20s} {seconds:6.2f}s  ({len(rows)} rows)")
                 client.drop_database(f"orig_{kb}")
                 client.drop_database(f"ours_{kb}")
                 client.close()

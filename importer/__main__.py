@@ -1,4 +1,7 @@
-"""``python -m importer DATASET [-d telemetry] [-c payloads] [--drop] ...``: the original's entry point."""
+"""``python -m importer DATASET [-d telemetry] [-c payloads] [--drop] ...``.
+
+The original's entry point, kept so its documentation and scripts still work.
+"""
 
 from importer.cli import import_
 

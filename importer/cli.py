@@ -17,8 +17,14 @@ import click
 from converter.schema import Schema, SchemaError
 from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.importer import ON_DUPLICATE, ChunkResult, ImportOptions, import_dataset
-from importer.mongo import MongoConfig, default_data_dir, embedded_status, ensure_embedded, resolve_url, \
-    stop_embedded
+from importer.mongo import (
+    MongoConfig,
+    default_data_dir,
+    embedded_status,
+    ensure_embedded,
+    resolve_url,
+    stop_embedded,
+)
 
 URL_ENV = "TELEMETRY_MONGO_URL"
 DATA_DIR_ENV = "TELEMETRY_MONGO_DIR"
@@ -32,10 +38,18 @@ class BadSetup(click.ClickException):
 
 def mongo_options(f):
     """``--mongo-url`` and ``--mongo-dir``, shared by every command that talks to MongoDB."""
-    f = click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV,
-                     help="Data directory of the embedded server [default: ~/.local/share/telemetry/mongo].")(f)
-    f = click.option("--mongo-url", envvar=URL_ENV, metavar="URI",
-                     help=f"MongoDB URI (or ${URL_ENV}); without one the embedded server is used.")(f)
+    f = click.option(
+        "--mongo-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=DATA_DIR_ENV,
+        help="Data directory of the embedded server [default: ~/.local/share/telemetry/mongo].",
+    )(f)
+    f = click.option(
+        "--mongo-url",
+        envvar=URL_ENV,
+        metavar="URI",
+        help=f"MongoDB URI (or ${URL_ENV}); without one the embedded server is used.",
+    )(f)
     return f
 
 
@@ -44,7 +58,10 @@ def mongo_config(mongo_url: str | None, mongo_dir: Path | None) -> MongoConfig:
 
 
 def connect_url(config: MongoConfig) -> str:
-    """The URI to use, starting the embedded server if needed; failures become usage errors (exit 2)."""
+    """The URI to use, starting the embedded server if needed.
+
+    Failures become one-line errors with exit code 2.
+    """
     try:
         return resolve_url(config, notify=lambda m: click.echo(m, err=True))
     except ImporterError as e:
@@ -56,23 +73,72 @@ def connect_url(config: MongoConfig) -> str:
 @click.option("-d", "--database", default="telemetry", show_default=True)
 @click.option("-c", "--collection", default="payloads", show_default=True)
 @click.option("--drop", is_flag=True, help="Drop the collection and its import records first.")
-@click.option("--workers", type=click.IntRange(1), default=max(1, (os.cpu_count() or 2) // 2), show_default=True,
-              help="Worker processes.")
-@click.option("--batch-size", type=click.IntRange(1), default=1000, show_default=True,
-              help="Documents per insert.")
-@click.option("--write-concern", default="1", show_default=True,
-              help="w of every insert: a number or 'majority' (0 is accepted but loses error reports).")
-@click.option("--on-duplicate", type=click.Choice(ON_DUPLICATE), default="skip", show_default=True,
-              help="What a second record with the same docId does.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=max(1, (os.cpu_count() or 2) // 2),
+    show_default=True,
+    help="Worker processes.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Documents per insert.",
+)
+@click.option(
+    "--writers",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Inserts in flight per worker (threads), while the next batch is parsed.",
+)
+@click.option(
+    "--write-concern",
+    default="1",
+    show_default=True,
+    help="w of every insert: a number or 'majority' (0 is accepted but loses error reports).",
+)
+@click.option(
+    "--on-duplicate",
+    type=click.Choice(ON_DUPLICATE),
+    default="skip",
+    show_default=True,
+    help="What a second record with the same docId does.",
+)
 @click.option("--keep-dots", is_flag=True, help="Keep '.' in slowSQL/addonDetails keys (no [dot]).")
-@click.option("--schema", "schema_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="telemetry_schema.json naming the dimensions [default: the packaged one].")
-@click.option("--filter", "filter_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Import only files whose dimensions pass this filter.")
+@click.option(
+    "--schema",
+    "schema_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="telemetry_schema.json naming the dimensions [default: the packaged one].",
+)
+@click.option(
+    "--filter",
+    "filter_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Import only files whose dimensions pass this filter.",
+)
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
 @mongo_options
-def import_(dataset, database, collection, drop, workers, batch_size, write_concern, on_duplicate, keep_dots,
-            schema_path, filter_path, no_indexes, mongo_url, mongo_dir):
+def import_(
+    dataset,
+    database,
+    collection,
+    drop,
+    workers,
+    batch_size,
+    writers,
+    write_concern,
+    on_duplicate,
+    keep_dots,
+    schema_path,
+    filter_path,
+    no_indexes,
+    mongo_url,
+    mongo_dir,
+):
     """Load every layout file under DATASET into MongoDB, one document per record."""
     if not dataset.is_dir():
         raise BadSetup(f"dataset directory {dataset} does not exist")
@@ -82,9 +148,20 @@ def import_(dataset, database, collection, drop, workers, batch_size, write_conc
         filter = Schema.load(filter_path) if filter_path else None
     except SchemaError as e:
         raise BadSetup(str(e)) from None
-    options = ImportOptions(database=database, collection=collection, drop=drop, workers=workers,
-                            batch_size=batch_size, write_concern=wc, on_duplicate=on_duplicate,
-                            keep_dots=keep_dots, schema=schema, filter=filter, create_indexes=not no_indexes)
+    options = ImportOptions(
+        database=database,
+        collection=collection,
+        drop=drop,
+        workers=workers,
+        batch_size=batch_size,
+        writers=writers,
+        write_concern=wc,
+        on_duplicate=on_duplicate,
+        keep_dots=keep_dots,
+        schema=schema,
+        filter=filter,
+        create_indexes=not no_indexes,
+    )
     url = connect_url(mongo_config(mongo_url, mongo_dir))
     bar = _progress_bar()
     try:
@@ -122,8 +199,14 @@ class _progress_bar:
     def start(self, files: int, total_bytes: int) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc="importing",
-                        file=sys.stderr)
+        self.bar = tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="importing",
+            file=sys.stderr,
+        )
 
     def update(self, chunk: ChunkResult) -> None:
         self.files += len(chunk.files)

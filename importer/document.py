@@ -26,8 +26,9 @@ class DocumentError(ValueError):
     """A record whose JSON cannot be parsed."""
 
 
-def make_document(doc_id: str, json_text: str | bytes, meta: dict[str, str], keep_dots: bool = False
-                  ) -> dict[str, Any]:
+def make_document(
+    doc_id: str, json_text: str | bytes, meta: dict[str, str], keep_dots: bool = False
+) -> dict[str, Any]:
     """The document for one record; ``meta`` holds the dimensions and the source file."""
     try:
         payload = orjson.loads(json_text)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -29,7 +30,13 @@ from pymongo import ReplaceOne, UpdateOne, WriteConcern
 from pymongo.errors import BulkWriteError, DocumentTooLarge, PyMongoError
 
 import converter
-from converter.layout import LayoutError, LayoutFile, LayoutReadStats, find_layout_files, read_layout_file
+from converter.layout import (
+    LayoutError,
+    LayoutFile,
+    LayoutReadStats,
+    find_layout_files,
+    read_layout_file,
+)
 from converter.schema import Schema
 from importer.document import META, SOURCE, DocumentError, make_document
 from importer.errors import DatasetError, ImporterError
@@ -50,14 +57,15 @@ class ImportOptions:
     imports_collection: str = "imports"
     drop: bool = False
     workers: int = 1
+    writers: int = 3  # batches in flight per worker (threads)
     batch_size: int = 1000
     write_concern: int | str = 1
     on_duplicate: str = "skip"
     keep_dots: bool = False
-    schema: Schema | None = None          # dimension names; the packaged default when None
-    filter: Schema | None = None          # only files whose dimensions pass
+    schema: Schema | None = None  # dimension names; the packaged default when None
+    filter: Schema | None = None  # only files whose dimensions pass
     create_indexes: bool = True
-    chunk_bytes: int = 8 * 1024 * 1024   # compressed bytes of small files imported together
+    chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
     timeout_ms: int = 5000
 
@@ -73,8 +81,8 @@ class FileResult:
     size: int
     records: int = 0
     bad_records: int = 0
-    skipped: bool = False        # finished by an earlier run
-    resumed: bool = False        # an earlier run was interrupted in it
+    skipped: bool = False  # finished by an earlier run
+    resumed: bool = False  # an earlier run was interrupted in it
     error: str | None = None
 
 
@@ -85,7 +93,7 @@ class ChunkResult:
     files: list[FileResult] = field(default_factory=list)
     inserted: int = 0
     duplicates: int = 0
-    rejected: int = 0            # records the server refused (too large, invalid)
+    rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
 
     @property
@@ -126,13 +134,16 @@ class ImportSummary:
         self.inserted += chunk.inserted
         self.duplicates += chunk.duplicates
         self.bad_records += chunk.rejected
-        self.examples.extend(chunk.examples[:max(0, 10 - len(self.examples))])
+        self.examples.extend(chunk.examples[: max(0, 10 - len(self.examples))])
 
     def describe(self) -> str:
         rate = self.records / self.seconds if self.seconds else 0.0
-        return (f"{self.files} files ({self.files_skipped} already imported), {self.records} records, "
-                f"{self.inserted} inserted, {self.duplicates} duplicates, {self.bad_records} bad records, "
-                f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)")
+        return (
+            f"{self.files} files ({self.files_skipped} already imported), {self.records} records, "
+            f"{self.inserted} inserted, {self.duplicates} duplicates, "
+            f"{self.bad_records} bad records, "
+            f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)"
+        )
 
 
 class Progress(Protocol):
@@ -143,9 +154,13 @@ class Progress(Protocol):
     def update(self, chunk: ChunkResult) -> None: ...
 
 
-def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOptions | None = None,
-                   progress: Progress | None = None) -> ImportSummary:
-    """Import every layout file under ``dataset_dir`` into ``options.database.collection`` at ``url``.
+def import_dataset(
+    dataset_dir: str | os.PathLike,
+    url: str,
+    options: ImportOptions | None = None,
+    progress: Progress | None = None,
+) -> ImportSummary:
+    """Import every layout file under ``dataset_dir`` into ``database.collection`` at ``url``.
 
     Files are grouped into chunks (one large file, or many small ones) so that
     small files do not cost a round trip each; ``progress.update`` is called once
@@ -169,7 +184,9 @@ def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
         if options.drop:
             db.drop_collection(options.collection)
             db[options.imports_collection].delete_many({"collection": options.collection})
-        if options.create_indexes:  # before the data: building them afterwards rescans every document
+        if (
+            options.create_indexes
+        ):  # before the data: building them afterwards rescans every document
             create_indexes(db[options.collection], names)
         chunks = make_chunks(files, options.chunk_bytes, options.chunk_files)
         if progress:
@@ -182,14 +199,22 @@ def import_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
                     progress.update(result)
         else:
             ctx = get_context("spawn")
-            with ProcessPoolExecutor(min(options.workers, len(chunks)), mp_context=ctx,
-                                     initializer=_init_worker, initargs=(url, options.timeout_ms)) as pool:
-                futures = [pool.submit(_import_in_worker, chunk, names, options) for chunk in chunks]
+            with ProcessPoolExecutor(
+                min(options.workers, len(chunks)),
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(url, options.timeout_ms),
+            ) as pool:
+                futures = [
+                    pool.submit(_import_in_worker, chunk, names, options) for chunk in chunks
+                ]
                 for future in as_completed(futures):
                     try:
                         result = future.result()
                     except BrokenProcessPool:
-                        raise ImporterError("an import worker process died; rerun to resume") from None
+                        raise ImporterError(
+                            "an import worker process died; rerun to resume"
+                        ) from None
                     summary.add(result)
                     if progress:
                         progress.update(result)
@@ -229,8 +254,9 @@ def create_indexes(collection: pymongo.collection.Collection, names: Iterable[st
     return collection.create_indexes(models)
 
 
-def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: list[str],
-                 options: ImportOptions) -> ChunkResult:
+def import_files(
+    db: pymongo.database.Database, files: list[LayoutFile], names: list[str], options: ImportOptions
+) -> ChunkResult:
     """Import a chunk of files, skipping those an earlier run finished.
 
     Each file is marked ``started`` before any of its records is written and
@@ -253,7 +279,11 @@ def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: 
             try:
                 stat = lf.path.stat()
                 # Same size and mtime: finished, without reading it again; else the hash decides.
-                if finished and entry.get("size") == stat.st_size and entry.get("mtime") == stat.st_mtime:
+                if (
+                    finished
+                    and entry.get("size") == stat.st_size
+                    and entry.get("mtime") == stat.st_mtime
+                ):
                     result.skipped = True
                     continue
                 digest = file_digest(lf.path)
@@ -265,10 +295,21 @@ def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: 
                 continue
             result.resumed = entry is not None
             todo.append((lf, result))
-            marks.append(ReplaceOne({"_id": keys[lf.relpath]}, {
-                "collection": options.collection, "path": lf.relpath, "size": stat.st_size,
-                "mtime": stat.st_mtime, "sha256": digest, "state": "started", "started_at": _now()},
-                upsert=True))
+            marks.append(
+                ReplaceOne(
+                    {"_id": keys[lf.relpath]},
+                    {
+                        "collection": options.collection,
+                        "path": lf.relpath,
+                        "size": stat.st_size,
+                        "mtime": stat.st_mtime,
+                        "sha256": digest,
+                        "state": "started",
+                        "started_at": _now(),
+                    },
+                    upsert=True,
+                )
+            )
         if marks:
             imports.bulk_write(marks, ordered=False)
         writer = _Writer(db, options, chunk)
@@ -278,9 +319,21 @@ def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: 
             writer.flush_all()
         finally:
             writer.close()
-        done = [UpdateOne({"_id": keys[r.relpath]}, {"$set": {
-                    "state": "done", "records": r.records, "bad_records": r.bad_records, "finished_at": _now()}})
-                for _, r in todo if r.error is None]
+        done = [
+            UpdateOne(
+                {"_id": keys[r.relpath]},
+                {
+                    "$set": {
+                        "state": "done",
+                        "records": r.records,
+                        "bad_records": r.bad_records,
+                        "finished_at": _now(),
+                    }
+                },
+            )
+            for _, r in todo
+            if r.error is None
+        ]
         if done:
             imports.bulk_write(done, ordered=False)
     except (PyMongoError, ImporterError) as e:
@@ -288,7 +341,7 @@ def import_files(db: pymongo.database.Database, files: list[LayoutFile], names: 
         for r in chunk.files:
             if not r.skipped and r.error is None:
                 r.error = f"{r.relpath}: {message}"
-        for lf in files[len(chunk.files):]:
+        for lf in files[len(chunk.files) :]:
             chunk.files.append(FileResult(lf.relpath, lf.size, error=f"{lf.relpath}: {message}"))
     return chunk
 
@@ -301,9 +354,14 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_file(lf: LayoutFile, names: list[str], options: ImportOptions, result: FileResult,
-               writer: "_Writer") -> None:
-    kind = "resume" if result.resumed else ("replace" if options.on_duplicate == "replace" else "insert")
+def _read_file(
+    lf: LayoutFile, names: list[str], options: ImportOptions, result: FileResult, writer: "_Writer"
+) -> None:
+    kind = (
+        "resume"
+        if result.resumed
+        else ("replace" if options.on_duplicate == "replace" else "insert")
+    )
     meta_base = dict(zip(names, lf.dimensions))
     meta_base[SOURCE] = lf.relpath
     stats = LayoutReadStats()
@@ -324,20 +382,44 @@ def _read_file(lf: LayoutFile, names: list[str], options: ImportOptions, result:
         writer.example(f"bad line {example}")
 
 
+@dataclass
+class _Written:
+    """What one batch write did; summed into the chunk by the importing thread only."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, other: "_Written") -> "_Written":
+        self.inserted += other.inserted
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.examples += other.examples
+        return self
+
+
 class _Writer:
-    """Batches documents across files: plain inserts, replacing upserts, and upserts of a resumed file."""
+    """Batches documents across files: inserts, replacing upserts, upserts of a resumed file.
+
+    Batches are written by ``options.writers`` threads while the next ones
+    are parsed, so the server and this process work at once and a server
+    that handles connections concurrently gets several; at most that many
+    batches are in flight, which bounds memory.
+    """
 
     def __init__(self, db, options: ImportOptions, chunk: ChunkResult):
-        self.collection = db.get_collection(options.collection,
-                                            write_concern=WriteConcern(w=options.write_concern))
+        self.collection = db.get_collection(
+            options.collection, write_concern=WriteConcern(w=options.write_concern)
+        )
         self.acknowledged = self.collection.write_concern.acknowledged
         self.batch_size = options.batch_size
         self.chunk = chunk
         self.buffers: dict[str, list[dict]] = {"insert": [], "replace": [], "resume": []}
         self.sizes = dict.fromkeys(self.buffers, 0)
-        # One batch is written while the next is parsed: the server and this process work at once.
-        self.thread = ThreadPoolExecutor(1, thread_name_prefix="import-writer")
-        self.pending: Future | None = None
+        self.writers = max(1, options.writers)
+        self.threads = ThreadPoolExecutor(self.writers, thread_name_prefix="import-writer")
+        self.pending: deque[Future] = deque()
 
     def add(self, kind: str, doc: dict, size: int) -> None:
         self.buffers[kind].append(doc)
@@ -349,63 +431,75 @@ class _Writer:
         """Write what is buffered and wait until every write is acknowledged."""
         for kind in self.buffers:
             self.flush(kind)
-        self._wait()
+        while self.pending:
+            self._collect(self.pending.popleft())
 
     def close(self) -> None:
-        self.thread.shutdown(wait=True)
+        self.threads.shutdown(wait=True)
 
     def flush(self, kind: str) -> None:
         docs = self.buffers[kind]
         if docs:
             self.buffers[kind], self.sizes[kind] = [], 0
-            self._wait()
-            self.pending = self.thread.submit(self._write, kind, docs)
+            while len(self.pending) >= self.writers:
+                self._collect(self.pending.popleft())
+            self.pending.append(self.threads.submit(self._write, kind, docs))
 
-    def _wait(self) -> None:
-        pending, self.pending = self.pending, None
-        if pending is not None:
-            pending.result()  # re-raises the write's error here, in the importing thread
+    def _collect(self, future: Future) -> None:
+        written = future.result()  # re-raises the write's error here, in the importing thread
+        self.chunk.inserted += written.inserted
+        self.chunk.duplicates += written.duplicates
+        self.chunk.rejected += written.rejected
+        for text in written.examples:
+            self.example(text)
 
     def example(self, text: str) -> None:
         if len(self.chunk.examples) < 5:
             self.chunk.examples.append(text)
 
-    def _write(self, kind: str, docs: list[dict]) -> None:
-        chunk = self.chunk
+    def _write(self, kind: str, docs: list[dict]) -> _Written:
+        out = _Written()
         try:
             if kind == "insert":
                 self.collection.insert_many(docs, ordered=False)
-                chunk.inserted += len(docs)
+                out.inserted = len(docs)
             else:
-                res = self.collection.bulk_write([ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs],
-                                                 ordered=False)
+                res = self.collection.bulk_write(
+                    [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in docs], ordered=False
+                )
                 if not self.acknowledged:
-                    chunk.inserted += len(docs)
+                    out.inserted = len(docs)
                 else:
-                    chunk.inserted += res.upserted_count
+                    out.inserted = res.upserted_count
                     if kind == "replace":  # a resumed file's earlier half is not a duplicate
-                        chunk.duplicates += res.matched_count
+                        out.duplicates = res.matched_count
         except BulkWriteError as e:
             details = e.details
             errors = details.get("writeErrors", [])
             dup = [w for w in errors if w.get("code") == DUPLICATE_KEY]
             other = [w for w in errors if w.get("code") != DUPLICATE_KEY]
-            chunk.inserted += details.get("nInserted", 0) + details.get("nUpserted", 0)
+            out.inserted = details.get("nInserted", 0) + details.get("nUpserted", 0)
             if kind != "resume":
-                chunk.duplicates += len(dup)
-            chunk.rejected += len(other)
-            for w in other[:3]:
-                self.example(f"record {w.get('op', {}).get('_id', '?')}: {w.get('errmsg')}")
+                out.duplicates = len(dup)
+            out.rejected = len(other)
+            out.examples = [
+                f"record {w.get('op', {}).get('_id', '?')}: {w.get('errmsg')}" for w in other[:3]
+            ]
             if details.get("writeConcernErrors"):
-                raise ImporterError(f"write concern not satisfied: {details['writeConcernErrors'][0]}") from None
+                raise ImporterError(
+                    f"write concern not satisfied: {details['writeConcernErrors'][0]}"
+                ) from None
         except DocumentTooLarge:
             if len(docs) == 1:
-                chunk.rejected += 1
-                self.example(f"record {docs[0]['_id']}: larger than MongoDB's 16 MB document limit")
-                return
+                return _Written(
+                    rejected=1,
+                    examples=[
+                        f"record {docs[0]['_id']}: larger than MongoDB's 16 MB document limit"
+                    ],
+                )
             half = len(docs) // 2
-            self._write(kind, docs[:half])
-            self._write(kind, docs[half:])
+            return self._write(kind, docs[:half]).add(self._write(kind, docs[half:]))
+        return out
 
 
 def _now() -> datetime:
@@ -421,6 +515,8 @@ def _init_worker(url: str, timeout_ms: int) -> None:
     _worker_db_client = connect(url, timeout_ms)
 
 
-def _import_in_worker(files: list[LayoutFile], names: list[str], options: ImportOptions) -> ChunkResult:
+def _import_in_worker(
+    files: list[LayoutFile], names: list[str], options: ImportOptions
+) -> ChunkResult:
     assert _worker_db_client is not None
     return import_files(_worker_db_client[options.database], files, names, options)

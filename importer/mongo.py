@@ -38,7 +38,9 @@ MEMORY = ":memory:"
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
     """The per-user home of the embedded server: ``$XDG_DATA_HOME/telemetry/mongo``."""
-    base = environ.get("XDG_DATA_HOME") or str(Path(environ.get("HOME") or Path.home()) / ".local" / "share")
+    base = environ.get("XDG_DATA_HOME") or str(
+        Path(environ.get("HOME") or Path.home()) / ".local" / "share"
+    )
     return Path(base) / "telemetry" / "mongo"
 
 
@@ -48,11 +50,11 @@ class MongoConfig:
 
     url: str | None = None
     data_dir: Path = Path(".telemetry-mongo")
-    storage_path: str | None = None      # default: ``data_dir/db``; ":memory:" for throwaway servers
+    storage_path: str | None = None  # default: ``data_dir/db``; ":memory:" for throwaway servers
     host: str = "127.0.0.1"
     start_timeout: float = 30.0
     server_selection_timeout_ms: int = 3000
-    cache_size: str | None = None        # WiredTiger cache, e.g. "1G"
+    cache_size: str | None = None  # WiredTiger cache, e.g. "1G"
 
 
 @dataclass
@@ -99,17 +101,27 @@ def free_port(host: str = "127.0.0.1") -> int:
 def ping(url: str, timeout_ms: int = 500) -> bool:
     """True when a server answers ``ping`` at ``url`` within the timeout."""
     try:
-        with pymongo.MongoClient(url, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms,
-                                 socketTimeoutMS=max(timeout_ms, 2000)) as client:
+        with pymongo.MongoClient(
+            url,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms, 2000),
+        ) as client:
             client.admin.command("ping")
         return True
     except PyMongoError:
         return False
 
 
-def start_embedded(data_dir: str | os.PathLike, storage_path: str | None = None, host: str = "127.0.0.1",
-                   timeout: float = 30.0, detach: bool = True, cache_size: str | None = None,
-                   pid_file: bool = True) -> EmbeddedServer:
+def start_embedded(
+    data_dir: str | os.PathLike,
+    storage_path: str | None = None,
+    host: str = "127.0.0.1",
+    timeout: float = 30.0,
+    detach: bool = True,
+    cache_size: str | None = None,
+    pid_file: bool = True,
+) -> EmbeddedServer:
     """Start ``secantusd-py`` on a free loopback port and wait until it answers ``ping``.
 
     ``detach`` puts it in its own session so it outlives the command that
@@ -123,13 +135,29 @@ def start_embedded(data_dir: str | os.PathLike, storage_path: str | None = None,
     last_error = ""
     for _ in range(3):
         port = free_port(host)
-        cmd = [exe, "--host", host, "--port", str(port), "--storage-path", storage, "--standalone",
-               "--log-level", "WARNING"]
+        cmd = [
+            exe,
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--storage-path",
+            storage,
+            "--standalone",
+            "--log-level",
+            "WARNING",
+        ]
         if cache_size:
             cmd += ["--cache-size", cache_size]
         with open(data_dir / LOG_FILE, "ab") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=detach, cwd=data_dir)
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=detach,
+                cwd=data_dir,
+            )
         server = EmbeddedServer(proc.pid, port, host, data_dir, storage, proc)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -143,14 +171,18 @@ def start_embedded(data_dir: str | os.PathLike, storage_path: str | None = None,
             time.sleep(0.05)
         else:
             _terminate(proc.pid, 5.0, proc)
-            raise EmbeddedServerError(f"the embedded server did not answer within {timeout:.0f}s "
-                                      f"(log: {data_dir / LOG_FILE})")
-    raise EmbeddedServerError(f"the embedded server exited at start: {last_error or 'no message'} "
-                              f"(log: {data_dir / LOG_FILE})")
+            raise EmbeddedServerError(
+                f"the embedded server did not answer within {timeout:.0f}s "
+                f"(log: {data_dir / LOG_FILE})"
+            )
+    raise EmbeddedServerError(
+        f"the embedded server exited at start: {last_error or 'no message'} "
+        f"(log: {data_dir / LOG_FILE})"
+    )
 
 
 def embedded_status(data_dir: str | os.PathLike) -> EmbeddedServer | None:
-    """The embedded server of ``data_dir`` if its process is alive and answers; clears a stale pid file."""
+    """The embedded server of ``data_dir`` if it is alive and answers; clears a stale pid file."""
     pid_file = Path(data_dir) / PID_FILE
     server = _read_pid_file(pid_file)
     if server is None:
@@ -164,7 +196,7 @@ def embedded_status(data_dir: str | os.PathLike) -> EmbeddedServer | None:
 
 
 def ensure_embedded(config: MongoConfig) -> tuple[EmbeddedServer, bool]:
-    """The embedded server of ``config.data_dir``, started if it is not running; ``(server, started)``."""
+    """The embedded server of ``config.data_dir``, started if not running: ``(server, started)``."""
     data_dir = Path(config.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir / LOCK_FILE):
@@ -173,14 +205,25 @@ def ensure_embedded(config: MongoConfig) -> tuple[EmbeddedServer, bool]:
             return server, False
         stale = _read_pid_file(data_dir / PID_FILE)
         if stale is not None:  # alive but not answering: not ours to reuse
-            raise EmbeddedServerError(f"process {stale.pid} holds {data_dir} but does not answer on "
-                                      f"port {stale.port}; run `telemetry mongo stop`")
-        return start_embedded(data_dir, config.storage_path, config.host, config.start_timeout,
-                              detach=True, cache_size=config.cache_size), True
+            raise EmbeddedServerError(
+                f"process {stale.pid} holds {data_dir} but does not answer on "
+                f"port {stale.port}; run `telemetry mongo stop`"
+            )
+        return (
+            start_embedded(
+                data_dir,
+                config.storage_path,
+                config.host,
+                config.start_timeout,
+                detach=True,
+                cache_size=config.cache_size,
+            ),
+            True,
+        )
 
 
 def stop_embedded(data_dir: str | os.PathLike, timeout: float = 15.0) -> EmbeddedServer | None:
-    """Stop the embedded server of ``data_dir``; the server that was stopped, or None if none ran."""
+    """Stop the embedded server of ``data_dir``: the server that was stopped, or None."""
     data_dir = Path(data_dir)
     server = _read_pid_file(data_dir / PID_FILE)
     if server is None:
@@ -200,7 +243,9 @@ def resolve_url(config: MongoConfig, notify: Callable[[str], None] | None = None
         return config.url
     server, started = ensure_embedded(config)
     if started and notify is not None:
-        notify(f"started the embedded MongoDB server at {server.url} (data in {server.storage_path})")
+        notify(
+            f"started the embedded MongoDB server at {server.url} (data in {server.storage_path})"
+        )
     return server.url
 
 
@@ -213,9 +258,16 @@ def validate_url(url: str) -> None:
 
 
 def connect(url: str, timeout_ms: int = 3000, **options) -> pymongo.MongoClient:
-    """A client that has answered ``ping``; a bad URI or a silent server is a :class:`MongoUnavailable`."""
+    """A client that has answered ``ping``.
+
+    A bad URI or a server that does not answer is a :class:`MongoUnavailable`.
+    """
     given = {k.lower() for k in parse_uri(url)["options"]} if _valid(url) else set()
-    timeouts = {k: timeout_ms for k in ("serverSelectionTimeoutMS", "connectTimeoutMS") if k.lower() not in given}
+    timeouts = {
+        k: timeout_ms
+        for k in ("serverSelectionTimeoutMS", "connectTimeoutMS")
+        if k.lower() not in given
+    }
     try:
         client = pymongo.MongoClient(url, **timeouts, **options)
     except (InvalidURI, ConfigurationError, ValueError, TypeError) as e:
@@ -246,16 +298,29 @@ def redact(url: str) -> str:
 
 def _write_pid_file(path: Path, server: EmbeddedServer) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(orjson.dumps({"pid": server.pid, "port": server.port, "host": server.host,
-                                  "storage_path": server.storage_path}))
+    tmp.write_bytes(
+        orjson.dumps(
+            {
+                "pid": server.pid,
+                "port": server.port,
+                "host": server.host,
+                "storage_path": server.storage_path,
+            }
+        )
+    )
     tmp.replace(path)
 
 
 def _read_pid_file(path: Path) -> EmbeddedServer | None:
     try:
         data = orjson.loads(path.read_bytes())
-        return EmbeddedServer(int(data["pid"]), int(data["port"]), data.get("host", "127.0.0.1"),
-                              path.parent, data.get("storage_path", ""))
+        return EmbeddedServer(
+            int(data["pid"]),
+            int(data["port"]),
+            data.get("host", "127.0.0.1"),
+            path.parent,
+            data.get("storage_path", ""),
+        )
     except FileNotFoundError:
         return None
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):

@@ -60,8 +60,14 @@ def test_fixture_files_import_with_dimensions_and_dots(fixtures_dir, mongo_url, 
     assert doc["meta"]["reason"] == "saved_session" and doc["meta"]["appVersion"] == "22.0a1"
     assert doc["meta"]["submission_date"] == "20131011"
     assert doc["meta"]["file"].endswith("e28a4032eb744f089a1828ac7399e5d8.lzma")
-    dotted = [k for d in stored.values() for section in ("slowSQL", "addonDetails")
-              for sub in d.get(section, {}).values() if isinstance(sub, dict) for k in sub]
+    dotted = [
+        k
+        for d in stored.values()
+        for section in ("slowSQL", "addonDetails")
+        for sub in d.get(section, {}).values()
+        if isinstance(sub, dict)
+        for k in sub
+    ]
     assert dotted and not any("." in k for k in dotted)
     assert any(DOT in k for k in dotted)
     indexed = {tuple(ix["key"].keys()) for ix in mongo_db.payloads.list_indexes()}
@@ -120,10 +126,14 @@ def test_touched_file_is_skipped_changed_file_is_imported_again(tmp_path, mongo_
     lines = [line for _, d, line in read_layout_file(files[0])]
     first_id = next(read_layout_file(files[0]))[1]
     changed = files[0].with_suffix(".plain")
-    changed.write_text("".join(f"{d}\t{{\"ver\":7}}\n" for _, d, _ in read_layout_file(files[0])))
+    changed.write_text("".join(f'{d}\t{{"ver":7}}\n' for _, d, _ in read_layout_file(files[0])))
     files[0].write_bytes(zstandard.ZstdCompressor().compress(changed.read_bytes()))
     again = import_dataset(tmp_path, mongo_url, _options(mongo_db))
-    assert again.files_skipped == len(files) - 1 and again.records == len(lines) and again.duplicates == 0
+    assert (
+        again.files_skipped == len(files) - 1
+        and again.records == len(lines)
+        and again.duplicates == 0
+    )
     assert mongo_db.payloads.find_one({"_id": first_id})["ver"] == 7
     assert mongo_db.payloads.count_documents({}) == 30
 
@@ -137,7 +147,9 @@ def test_corrupt_file_is_reported_and_the_rest_goes_on(tmp_path, mongo_url, mong
     assert broken.name in summary.failed[0][1]
     good = sum(1 for f in files[1:] for _ in read_layout_file(f))
     assert mongo_db.payloads.count_documents({}) == good
-    result = CliRunner().invoke(import_, [str(tmp_path), "-d", mongo_db.name, "--mongo-url", mongo_url])
+    result = CliRunner().invoke(
+        import_, [str(tmp_path), "-d", mongo_db.name, "--mongo-url", mongo_url]
+    )
     assert result.exit_code == 1
     assert "failed:" in result.output and broken.name in result.output
 
@@ -153,10 +165,23 @@ def test_bad_lines_are_counted_not_fatal(tmp_path, mongo_url, mongo_db):
 
 def test_interrupted_import_resumes_without_duplicates(generated, tmp_path, mongo_url, mongo_db):
     """SIGKILL ``python -m importer`` mid-way, rerun it: every record is there exactly once."""
-    cmd = [sys.executable, "-m", "importer", str(generated), "-d", mongo_db.name, "--mongo-url", mongo_url,
-           "--batch-size", "25", "--workers", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            cwd=Path(__file__).parent.parent)
+    cmd = [
+        sys.executable,
+        "-m",
+        "importer",
+        str(generated),
+        "-d",
+        mongo_db.name,
+        "--mongo-url",
+        mongo_url,
+        "--batch-size",
+        "25",
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent
+    )
     deadline = time.monotonic() + 60
     try:
         while mongo_db.payloads.estimated_document_count() < 100 and time.monotonic() < deadline:
@@ -168,7 +193,9 @@ def test_interrupted_import_resumes_without_duplicates(generated, tmp_path, mong
     partial = mongo_db.payloads.count_documents({})
     assert 0 < partial < 2000
     assert mongo_db.imports.count_documents({"state": "started"}) > 0
-    rerun = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120)
+    rerun = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120
+    )
     assert rerun.returncode == 0, rerun.stderr
     assert "0 duplicates" in rerun.stdout
     ids = [d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})]
@@ -177,11 +204,20 @@ def test_interrupted_import_resumes_without_duplicates(generated, tmp_path, mong
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--mongo-url", "notmongo://x"], "bad MongoDB URI"),
-    (["--mongo-url", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"], "cannot reach MongoDB"),
-    (["--mongo-url", "mongodb://user:secret@127.0.0.1:1/?serverSelectionTimeoutMS=300"], "user:***@"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mongo-url", "notmongo://x"], "bad MongoDB URI"),
+        (
+            ["--mongo-url", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300"],
+            "cannot reach MongoDB",
+        ),
+        (
+            ["--mongo-url", "mongodb://user:secret@127.0.0.1:1/?serverSelectionTimeoutMS=300"],
+            "user:***@",
+        ),
+    ],
+)
 def test_connection_errors_are_one_line_exit_2(fixtures_dir, args, message):
     result = CliRunner().invoke(import_, [str(fixtures_dir / "converted"), *args])
     assert result.exit_code == 2
@@ -191,18 +227,33 @@ def test_connection_errors_are_one_line_exit_2(fixtures_dir, args, message):
 
 
 def test_missing_dataset_dir_exits_2_without_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "importer", str(tmp_path / "nope")], capture_output=True,
-                          text=True, cwd=Path(__file__).parent.parent, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "importer", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+        timeout=60,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"Error: dataset directory {tmp_path / 'nope'} does not exist"]
+    assert proc.stderr.strip().splitlines() == [
+        f"Error: dataset directory {tmp_path / 'nope'} does not exist"
+    ]
 
 
 def test_documents_and_chunks_unit(tmp_path):
-    doc = make_document("id1", '{"slowSQL":{"main":{"a.b":1}},"addonDetails":{"XPI":{"x@y.z":{"k.l":2}}},'
-                               '"meta":{"m":1},"other":{"c.d":3}}', {"reason": "r"})
+    doc = make_document(
+        "id1",
+        '{"slowSQL":{"main":{"a.b":1}},"addonDetails":{"XPI":{"x@y.z":{"k.l":2}}},'
+        '"meta":{"m":1},"other":{"c.d":3}}',
+        {"reason": "r"},
+    )
     assert doc["slowSQL"] == {"main": {"a[dot]b": 1}}
     assert doc["addonDetails"] == {"XPI": {"x@y[dot]z": {"k[dot]l": 2}}}
-    assert doc["other"] == {"c.d": 3} and doc["payload_meta"] == {"m": 1} and doc["meta"] == {"reason": "r"}
+    assert (
+        doc["other"] == {"c.d": 3}
+        and doc["payload_meta"] == {"m": 1}
+        and doc["meta"] == {"reason": "r"}
+    )
     assert redot(doc["addonDetails"]) == {"XPI": {"x@y.z": {"k.l": 2}}}
     files = write_layout(tmp_path, make_records(30, seed=1), records_per_file=2)
     found = find_layout_files(tmp_path)

@@ -12,12 +12,21 @@ from click.testing import CliRunner
 
 from importer.cli import mongo
 from importer.errors import MongoUnavailable
-from importer.mongo import (PID_FILE, MongoConfig, connect, default_data_dir, embedded_status, redact,
-                            resolve_url, stop_embedded, validate_url)
+from importer.mongo import (
+    PID_FILE,
+    MongoConfig,
+    connect,
+    default_data_dir,
+    embedded_status,
+    redact,
+    resolve_url,
+    stop_embedded,
+    validate_url,
+)
 
 
 def test_embedded_server_lifecycle_on_disk(tmp_path):
-    """start writes a pid file and answers ping; a second start reuses it; data survives; stop ends it."""
+    """start writes a pid file and answers ping; a second start reuses it; stop ends it."""
     data_dir = tmp_path / "mongo"
     run = CliRunner().invoke
     try:
@@ -46,7 +55,7 @@ def test_embedded_server_lifecycle_on_disk(tmp_path):
 
 
 def test_stale_or_garbled_pid_file_is_cleared(tmp_path):
-    (tmp_path / PID_FILE).write_bytes(orjson.dumps({"pid": 2 ** 22 + 12345, "port": 1}))
+    (tmp_path / PID_FILE).write_bytes(orjson.dumps({"pid": 2**22 + 12345, "port": 1}))
     assert embedded_status(tmp_path) is None and not (tmp_path / PID_FILE).exists()
     (tmp_path / PID_FILE).write_text("{not json")
     assert stop_embedded(tmp_path) is None and not (tmp_path / PID_FILE).exists()
@@ -60,11 +69,17 @@ def test_given_url_is_used_as_is(mongo_url, tmp_path):
     client.close()
 
 
-@pytest.mark.parametrize("url, message", [
-    ("localhost:27017", "bad MongoDB URI"),
-    ("mongodb://", "bad MongoDB URI"),
-    ("mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200", "cannot reach MongoDB at mongodb://127.0.0.1:1/"),
-])
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("localhost:27017", "bad MongoDB URI"),
+        ("mongodb://", "bad MongoDB URI"),
+        (
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=200",
+            "cannot reach MongoDB at mongodb://127.0.0.1:1/",
+        ),
+    ],
+)
 def test_bad_or_unreachable_url(url, message):
     with pytest.raises(MongoUnavailable, match=message):
         connect(url, timeout_ms=300)

@@ -1,4 +1,6 @@
-"""One histogram summed bucket by bucket per dimension value: the twin of the ``histogram`` pipeline.
+"""One histogram summed bucket by bucket per dimension value.
+
+The job twin of the ``histogram`` pipeline.
 
 The array is the buckets followed by five statistics (-1 when absent).
 Buckets are summed over every record; a statistic over the records where it
@@ -7,7 +9,18 @@ is present, and stays -1 if it never is.
 
 import json
 
-PARAMS = {'name': 'GC_MS', 'by': 'appUpdateChannel', 'dimensions': ['reason', 'appName', 'appUpdateChannel', 'appVersion', 'appBuildID', 'submission_date']}  # one line: compare rewrites it
+PARAMS = {
+    "name": "GC_MS",
+    "by": "appUpdateChannel",
+    "dimensions": [
+        "reason",
+        "appName",
+        "appUpdateChannel",
+        "appVersion",
+        "appBuildID",
+        "submission_date",
+    ],
+}
 N_STATS = 5
 
 
@@ -29,8 +42,10 @@ def map(key, dimensions, value, context):
     n = len(h) - N_STATS
     stats = h[n:]
     row_key = {PARAMS["by"]: _dimension(dimensions, PARAMS["by"]), "n_buckets": n}
-    context.write(json.dumps(row_key, sort_keys=True),
-                  [1, h[:n], [max(0, s) for s in stats], [1 if s >= 0 else 0 for s in stats]])
+    context.write(
+        json.dumps(row_key, sort_keys=True),
+        [1, h[:n], [max(0, s) for s in stats], [1 if s >= 0 else 0 for s in stats]],
+    )
 
 
 def _merge(values):
@@ -50,7 +65,8 @@ def combine(key, values, context):
 def reduce(key, values, context):
     count, buckets, totals, present = _merge(values)
     row = {"count": count, "buckets": buckets}
-    for name, total, seen in zip(("sum", "log_sum", "log_sum_squares", "sum_squares_lo", "sum_squares_hi"),
-                                 totals, present):
+    for name, total, seen in zip(
+        ("sum", "log_sum", "log_sum_squares", "sum_squares_lo", "sum_squares_hi"), totals, present
+    ):
         row[name] = total if seen else -1
     context.write(key, json.dumps(row))

@@ -1,4 +1,4 @@
-"""Count, mean, min, max and nearest-rank percentiles of one ``simpleMeasurements`` key per dimension value.
+"""Count, mean, min, max, nearest-rank percentiles of a ``simpleMeasurements`` key per dimension.
 
 The job twin of the ``simple_measurement`` pipeline: numbers only (not
 booleans), percentile p is the value at sorted position ceil(p/100 * count).
@@ -7,7 +7,18 @@ booleans), percentile p is the value at sorted position ceil(p/100 * count).
 import json
 import math
 
-PARAMS = {'name': 'firstPaint', 'by': 'appUpdateChannel', 'dimensions': ['reason', 'appName', 'appUpdateChannel', 'appVersion', 'appBuildID', 'submission_date']}  # one line: compare rewrites it
+PARAMS = {
+    "name": "firstPaint",
+    "by": "appUpdateChannel",
+    "dimensions": [
+        "reason",
+        "appName",
+        "appUpdateChannel",
+        "appVersion",
+        "appBuildID",
+        "submission_date",
+    ],
+}
 PERCENTILES = (25, 50, 75, 95)
 
 

@@ -2,7 +2,16 @@
 
 import json
 
-PARAMS = {'dimensions': ['reason', 'appName', 'appUpdateChannel', 'appVersion', 'appBuildID', 'submission_date']}  # one line: compare rewrites it
+PARAMS = {
+    "dimensions": [
+        "reason",
+        "appName",
+        "appUpdateChannel",
+        "appVersion",
+        "appBuildID",
+        "submission_date",
+    ]
+}
 KEYS = ("submission_date", "appUpdateChannel", "appVersion")
 
 
