@@ -57,7 +57,7 @@ class DaskEngine:
             progress: Progress) -> tuple[list[MapResult], list[ReduceResult]]:
         progress.phase("map", sum(len(t.files) for t in map_tasks))
         maps = self._gather(run_map_task, map_tasks, progress)
-        progress.phase("reduce", 0)
+        progress.phase("reduce", len(reduce_tasks), unit="task")
         reduces = self._gather(run_reduce_task, reduce_tasks, progress)
         return maps, reduces
 
@@ -86,7 +86,7 @@ class DaskEngine:
                     raise JobError(f"{task.name} failed on Dask: {type(e).__name__}: {e}{where}"
                                    ) from None
                 done = list(results.values())
-                progress.update(sum(getattr(r, "files", 0) for r in done),
+                progress.update(sum(getattr(r, "files", 1) for r in done),
                                 sum(getattr(r, "records", 0) for r in done))
         finally:
             for future in futures:

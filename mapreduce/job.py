@@ -212,7 +212,7 @@ def run_job(config: JobConfig, log=None) -> JobResult:
 
             progress.phase("map", len(inputs))
             map_results = local_engine.run_map_tasks(map_tasks, progress)
-            progress.phase("reduce", 0)
+            progress.phase("reduce", len(reduce_tasks), unit="task")
             reduce_results = local_engine.run_reduce_tasks(reduce_tasks, progress)
     finally:
         progress.close()

@@ -100,8 +100,9 @@ def _run_all(fn: Callable[..., Any], tasks: Sequence[Any], progress: Progress) -
                     proc.join()
                     conn.close()
                     del running[index]
+            # Map tasks count files, reduce tasks count themselves.
             progress.update(
-                sum(getattr(r, "files", 0) for r in results.values())
+                sum(getattr(r, "files", 1) for r in results.values())
                 + sum(r[3][PROGRESS_FILES_DONE] for r in running.values()),
                 sum(getattr(r, "records", 0) for r in results.values())
                 + sum(r[3][PROGRESS_RECORDS] for r in running.values()))

@@ -12,15 +12,15 @@ class Progress:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
         self._bar: tqdm | None = None
 
-    def phase(self, name: str, total_files: int) -> None:
+    def phase(self, name: str, total: int, unit: str = "file") -> None:
         self.close()
         if self.enabled:
-            self._bar = tqdm(total=total_files, desc=name, unit="file", file=sys.stderr,
+            self._bar = tqdm(total=total, desc=name, unit=unit, file=sys.stderr,
                              dynamic_ncols=True, leave=False)
 
-    def update(self, files: int, records: int) -> None:
+    def update(self, done: int, records: int) -> None:
         if self._bar is not None:
-            self._bar.n = files
+            self._bar.n = done
             self._bar.set_postfix(records=records, refresh=False)
             self._bar.refresh()
 

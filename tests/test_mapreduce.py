@@ -448,6 +448,7 @@ def test_python_m_mapreduce_job_runs_the_original_command_line(tmp_path, fixture
     assert proc.returncode == 0, proc.stderr
     assert out.read_text() == "WINNT\t5\n"
     assert "5 records from 2 files" in proc.stderr
+    assert "map:" not in proc.stderr   # no progress bar when stderr is not a terminal
     bad = subprocess.run([sys.executable, "-m", "mapreduce.job", "job.py"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "Missing option" in bad.stderr
@@ -508,3 +509,32 @@ def test_killed_job_stops_its_tasks_and_a_rerun_is_right(tmp_path, layout, recor
     assert (work / "mapper_0").is_dir() and not out.exists()
     _, text = run(tmp_path, EXAMPLES / "record_count.py", layout)
     assert text == f"total\t{len(records)}\n"
+
+
+def test_progress_bar_on_a_terminal(tmp_path, fixtures_dir):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "mapreduce.job", str(EXAMPLES / "record_count.py"),
+                             "-f", str(FILTER_ALL), "-d", str(fixtures_dir / "converted"),
+                             "-w", str(tmp_path / "w"), "-o", str(tmp_path / "o"), "-l", "-m", "2"],
+                            stdin=child_fd, stdout=child_fd, stderr=child_fd)
+    os.close(child_fd)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:   # the terminal closes when the job exits
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(main_fd)
+    assert proc.wait() == 0
+    text = seen.decode("utf-8", "replace")
+    assert "map:" in text and "/2 [" in text and "reduce:" in text
+    assert "5 records from 2 files" in text
