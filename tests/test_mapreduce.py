@@ -124,21 +124,27 @@ COUNT_BY_VERSION = """
         context.write(key, sum(values))
 """
 COMBINE = """
+    import os
     def combine(key, values, context):
         assert len(values) >= 50
+        open(os.path.join(CALLS, f"{{os.getpid()}}-{{len(values)}}-{{key}}"), "a").close()
         context.write(key, sum(values))
 """
 
 
 @pytest.mark.parametrize("mappers,reducers", [(1, 1), (3, 2)])
 def test_combine_does_not_change_results(tmp_path, layout, records, mappers, reducers):
-    with_combine = write_job(tmp_path / "a", COUNT_BY_VERSION.format(combine=COMBINE))
+    calls = tmp_path / "combine_calls"
+    calls.mkdir()
+    combine = COMBINE.replace("CALLS", repr(str(calls)))
+    with_combine = write_job(tmp_path / "a", COUNT_BY_VERSION.format(combine=combine))
     without = write_job(tmp_path / "b", COUNT_BY_VERSION.format(combine=""))
     counts = {"num_mappers": mappers, "num_reducers": reducers}
     _, out_with = run(tmp_path / "1", with_combine, layout, **counts)
     _, out_without = run(tmp_path / "2", without, layout, **counts)
     expected = Counter(r.dimensions[3] for r in records)
     assert lines(out_with) == lines(out_without) == sorted(f"{k}\t{v}" for k, v in expected.items())
+    assert list(calls.iterdir()), "combine was never called"
 
 
 def test_map_only_job_writes_map_output_as_is(tmp_path, layout, records):
