@@ -185,14 +185,60 @@ def codec_of(path: str | os.PathLike) -> str:
     return "plain"
 
 
+class _ZstdFrames(io.RawIOBase):
+    """Every frame of a zstd file, raising on a truncated one.
+
+    ``ZstdDecompressor.stream_reader`` stops after the first frame and ends
+    quietly on a truncated file, so a cut or concatenated file would lose
+    records without a word.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._frame = self._dctx.decompressobj()
+        self._in_frame = False
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._out:
+            chunk = self._raw.read(1 << 17)
+            if not chunk:
+                if self._in_frame:
+                    raise zstandard.ZstdError("truncated zstd frame")
+                return 0
+            self._out = memoryview(self._feed(chunk))
+        n = min(len(buffer), len(self._out))
+        buffer[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> bytes:
+        out = []
+        while chunk:
+            self._in_frame = True
+            out.append(self._frame.decompress(chunk))
+            chunk = b""
+            if self._frame.eof:
+                chunk = self._frame.unused_data
+                self._frame = self._dctx.decompressobj()
+                self._in_frame = False
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def open_layout_file(path: str | os.PathLike) -> IO[bytes]:
     """A binary stream of the decompressed content, read incrementally."""
     codec = codec_of(path)
     try:
         if codec == "zstd":
-            raw = open(path, "rb")
-            reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            return io.BufferedReader(reader, buffer_size=1 << 20)
+            return io.BufferedReader(_ZstdFrames(open(path, "rb")), buffer_size=1 << 20)
         if codec in ("lzma", "xz"):
             # FORMAT_AUTO reads both xz and the original's LZMA-alone (.lzma) files.
             return lzma.open(path, "rb", format=lzma.FORMAT_AUTO)

@@ -544,3 +544,27 @@ def test_progress_bar_on_a_terminal(tmp_path, fixtures_dir):
     text = seen.decode("utf-8", "replace")
     assert "map:" in text and "/2 [" in text and "reduce:" in text
     assert "5 records from 2 files" in text
+
+
+def test_corrupt_input_file_fails_the_job_naming_it(tmp_path, records):
+    data = tmp_path / "data"
+    written = write_layout(data, records[:20], records_per_file=5)
+    victim = written[0]
+    victim.write_bytes(victim.read_bytes()[:20])   # truncated zstd frame
+    with pytest.raises(JobError, match=f"mapper . cannot read its input {victim}"):
+        run(tmp_path, EXAMPLES / "record_count.py", data)
+
+
+def test_every_frame_of_a_multi_frame_zstd_file_is_mapped(tmp_path, records):
+    import zstandard
+
+    data = tmp_path / "data"
+    rel = "saved_session/Firefox/nightly/26.0a1/20131001004003.20131101.v2.log"
+    target = data / f"{rel}.{'ab' * 16}.zst"
+    target.parent.mkdir(parents=True)
+    lines = [f"{r.doc_id}\t{json.dumps(r.payload)}\n".encode() for r in records[:30]]
+    compressor = zstandard.ZstdCompressor(level=3)
+    target.write_bytes(b"".join(compressor.compress(b"".join(lines[i:i + 7]))
+                                for i in range(0, 30, 7)))
+    _, out = run(tmp_path, EXAMPLES / "record_count.py", data)
+    assert out == "total\t30\n"
