@@ -266,3 +266,30 @@ def test_create_indexes_is_idempotent(mongo_db):
     mongo_db.payloads.insert_one({"_id": "x"})
     first = create_indexes(mongo_db.payloads, NAMES)
     assert create_indexes(mongo_db.payloads, NAMES) == first
+
+
+def test_filter_imports_only_matching_files(tmp_path, fixtures_dir, mongo_url, mongo_db):
+    records = make_records(200, seed=9, payload_kb=1)
+    write_layout(tmp_path, records)
+    result = CliRunner().invoke(
+        import_,
+        [
+            str(tmp_path),
+            "-d",
+            mongo_db.name,
+            "--mongo-url",
+            mongo_url,
+            "--filter",
+            str(fixtures_dir / "filter_saved_session_Fx_prerelease.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    wanted = {
+        r.doc_id
+        for r in records
+        if r.dimensions[0] == "saved-session"
+        and r.dimensions[2] in ("nightly", "aurora")
+        and "20131101" <= r.dimensions[5] <= "20131103"
+    }
+    assert 0 < len(wanted) < 200
+    assert {d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})} == wanted
