@@ -38,7 +38,7 @@ from mapreduce.job import ENGINES, JobConfig, run_job
 @click.option("-k", "--aws-key", metavar="KEY",
               help="AWS access key (default: boto3's usual sources).")
 @click.option("-s", "--aws-secret-key", metavar="KEY", help="AWS secret key.")
-@click.option("-X", "--delete-data", is_flag=True, help="Delete the input files after mapping.")
+@click.option("-X", "--delete-data", is_flag=True, help="Delete the input files once the job has succeeded.")
 @click.option("-p", "--profile", is_flag=True,
               help="Write cProfile stats per task to WORK_DIR/profile.")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
