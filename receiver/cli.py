@@ -17,6 +17,7 @@ import orjson
 from receiver.config import DURABILITY_MODES, HTTP_SERVERS, ReceiverConfig
 from receiver.errors import ConfigError, ReceiverError
 from receiver.rawlog import RawLogError, RawLogReader, ReadStats
+from receiver.replay import replay
 
 
 @click.command("serve")
@@ -160,12 +161,4 @@ def _progress(items):
     return items
 
 
-commands = [serve_command, rawlog_group]
-
-try:  # the replay command lives in receiver/replay.py (written by the export/replay engineer)
-    from receiver import replay as _replay
-except ModuleNotFoundError as e:  # not written yet
-    if e.name != "receiver.replay":
-        raise
-else:
-    commands.append(getattr(_replay, "replay", None) or _replay.replay_command)
+commands = [serve_command, rawlog_group, replay]

@@ -28,11 +28,5 @@ def main() -> None:
 
 
 for _name in COMMAND_MODULES:
-    try:
-        _module = importlib.import_module(_name)
-    except ModuleNotFoundError as e:  # a package whose commands are not written yet
-        if e.name != _name:
-            raise
-        continue
-    for _command in _module.commands:
+    for _command in importlib.import_module(_name).commands:
         main.add_command(_command)
