@@ -153,8 +153,10 @@ end
 
 
 def _ms(text: str) -> float:
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
-    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if m is None:  # wrk prints e.g. "-nan" when a run completed no request
+        return float("nan")
+    return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[m.group(2)]
 
 
 def run_python_load(url: str, body: bytes, duration: float, connections: int) -> dict:
