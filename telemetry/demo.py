@@ -143,10 +143,12 @@ def run_demo(workdir: Path, records: int = 300, workers: int = 2, mongo_url: str
             echo("documents by info.OS:")
             echo(format_rows(result.os_rows, build_pipeline("os_distribution", None)[1]))
             result.histogram_rows = run_pipeline(payloads, "histogram", name="GC_MS", by="appUpdateChannel")
-            columns = build_pipeline("histogram", None, name="GC_MS", by="appUpdateChannel")[1]
-            shown = [c for c in columns if c not in ("values",)]
-            echo("\nGC_MS summed per channel:")
-            echo(format_rows(result.histogram_rows, shown))
+            shown = [{"appUpdateChannel": r["appUpdateChannel"], "pings": r["count"],
+                      "samples": sum(r["buckets"]), "sum_ms": r["sum"],
+                      "mean_ms": round(r["sum"] / max(1, sum(r["buckets"])), 1)}
+                     for r in result.histogram_rows]
+            echo("\nGC_MS summed per channel (bucket arrays added element-wise):")
+            echo(format_rows(shown, list(shown[0]) if shown else []))
     finally:
         if server is not None:
             server.stop()
