@@ -8,7 +8,7 @@ document (w=0 returns before the server has written anything).  Ours is the
 real command line, acknowledged writes, resumable bookkeeping and all.
 Then each named pipeline is timed over the imported data.
 
-    bench/import.py [--records 20000] [--sizes 5,30] [--memory]
+    bench/import.py [--records 20000] [--sizes 5,30] [--memory] [--no-pipelines]
 
 The machine may be shared: run it once at a modest size, read the ratio
 (measured in the same run), not the absolute figures.
@@ -127,6 +127,9 @@ def main() -> None:
     parser.add_argument(
         "--memory", action="store_true", help="server storage in memory instead of on disk"
     )
+    parser.add_argument(
+        "--no-pipelines", action="store_true", help="time the import only, not the pipelines"
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
@@ -166,12 +169,13 @@ def main() -> None:
                     )
                 client = pymongo.MongoClient(server.url)
                 coll = client[f"ours_{kb}"].payloads
-                for name, opts in (
+                pipelines = (
                     ("os_distribution", {}),
                     ("submissions", {}),
                     ("histogram", {"name": "GC_MS"}),
                     ("simple_measurement", {"name": "firstPaint"}),
-                ):
+                )
+                for name, opts in () if args.no_pipelines else pipelines:
                     start = time.perf_counter()
                     rows = run_pipeline(coll, name, **opts)
                     seconds = time.perf_counter() - start

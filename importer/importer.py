@@ -296,22 +296,18 @@ def import_files(
             result.resumed = entry is not None
             todo.append((lf, result))
             marks.append(
-                ReplaceOne(
-                    {"_id": keys[lf.relpath]},
-                    {
-                        "collection": options.collection,
-                        "path": lf.relpath,
-                        "size": stat.st_size,
-                        "mtime": stat.st_mtime,
-                        "sha256": digest,
-                        "state": "started",
-                        "started_at": _now(),
-                    },
-                    upsert=True,
-                )
+                {
+                    "_id": keys[lf.relpath],
+                    "collection": options.collection,
+                    "path": lf.relpath,
+                    "size": stat.st_size,
+                    "mtime": stat.st_mtime,
+                    "sha256": digest,
+                    "state": "started",
+                    "started_at": _now(),
+                }
             )
-        if marks:
-            imports.bulk_write(marks, ordered=False)
+        _mark_started(imports, marks, {r.relpath for _, r in todo if r.resumed}, todo)
         writer = _Writer(db, options, chunk)
         try:
             for lf, result in todo:
@@ -344,6 +340,38 @@ def import_files(
         for lf in files[len(chunk.files) :]:
             chunk.files.append(FileResult(lf.relpath, lf.size, error=f"{lf.relpath}: {message}"))
     return chunk
+
+
+def _mark_started(
+    imports: pymongo.collection.Collection,
+    marks: list[dict],
+    known: set[str],
+    todo: list[tuple[LayoutFile, FileResult]],
+) -> None:
+    """Record files as started: a plain insert for files never seen, a replace for the others.
+
+    Inserts cost the server far less than upserts, and most files are new.  A
+    mark that another run inserted meanwhile is replaced instead, and that
+    file is then written with replacing upserts as if resumed.
+    """
+    fresh = [m for m in marks if m["path"] not in known]
+    again = [m for m in marks if m["path"] in known]
+    if fresh:
+        try:
+            imports.insert_many(fresh, ordered=False)
+        except BulkWriteError as e:
+            errors = e.details.get("writeErrors", [])
+            if any(w.get("code") != DUPLICATE_KEY for w in errors):
+                raise
+            taken = {fresh[w["index"]]["path"] for w in errors}
+            again += [m for m in fresh if m["path"] in taken]
+            for _, result in todo:
+                if result.relpath in taken:
+                    result.resumed = True
+    if again:
+        imports.bulk_write(
+            [ReplaceOne({"_id": m["_id"]}, m, upsert=True) for m in again], ordered=False
+        )
 
 
 def file_digest(path: Path) -> str:

@@ -293,3 +293,21 @@ def test_filter_imports_only_matching_files(tmp_path, fixtures_dir, mongo_url, m
     }
     assert 0 < len(wanted) < 200
     assert {d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})} == wanted
+
+
+def test_file_marked_by_another_run_meanwhile_is_imported_as_resumed(
+    tmp_path, mongo_url, mongo_db
+):
+    """A started mark that appears between our lookup and our insert: replaced, not fatal."""
+    from importer.importer import FileResult, _mark_started
+
+    write_layout(tmp_path, make_records(4, seed=9))
+    lf = find_layout_files(tmp_path)[0]
+    mongo_db.imports.insert_one({"_id": f"payloads:{lf.relpath}", "state": "started", "x": 1})
+    mark = {"_id": f"payloads:{lf.relpath}", "path": lf.relpath, "state": "started"}
+    other = {"_id": "payloads:other", "path": "other", "state": "started"}
+    result, fresh = FileResult(lf.relpath, lf.size), FileResult("other", 0)
+    _mark_started(mongo_db.imports, [mark, other], set(), [(lf, result), (lf, fresh)])
+    assert result.resumed and not fresh.resumed
+    assert mongo_db.imports.find_one({"_id": mark["_id"]}) == mark
+    assert mongo_db.imports.find_one({"_id": "payloads:other"}) == other
