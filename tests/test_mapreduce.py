@@ -507,7 +507,10 @@ def test_killed_job_stops_its_tasks_and_a_rerun_is_right(tmp_path, layout, recor
             os.kill(pid, 0)
         except ProcessLookupError:
             return False
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:  # it ended between the two looks
+            return False
 
     while any(alive(p) for p in mappers) and time.monotonic() < deadline:
         time.sleep(0.05)
