@@ -16,7 +16,6 @@ and a torn last record (a crash mid-write) is reported, not raised.
 
 from __future__ import annotations
 
-import gzip
 import mmap
 import os
 import re
@@ -274,7 +273,3 @@ def _resync(buf, pos: int, version: int, size: int) -> int | None:
             return pos
         pos += 1
 
-
-def gzip_bytes(data: bytes) -> bytes:
-    """Gzip a body the way clients send it; for tools and tests that build raw logs."""
-    return gzip.compress(data, mtime=0)
