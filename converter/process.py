@@ -13,6 +13,7 @@ duplicates a record.
 from __future__ import annotations
 
 import fcntl
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -324,6 +325,18 @@ def _init_worker(config: ConverterConfig,
     _converter = Converter(schema, revisions, config.max_uncompressed)
 
 
+def _convert_frozen(unit: Unit) -> UnitResult:
+    """convert_unit with what is already in memory kept out of the garbage collector's scans.
+
+    A ping parses into thousands of containers, so the collector runs every
+    few records; frozen, the modules and bucket tables loaded so far are not
+    walked each time (about 3% of a unit's CPU).  Nothing is lost: the
+    converter's per-record objects are freed by reference counting.
+    """
+    gc.freeze()
+    return convert_unit(unit)
+
+
 def _done_marker(output: Path, uid: str) -> Path:
     return output / STATE_DIR / "done" / f"{uid}.json"
 
@@ -526,12 +539,17 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
     workers = min(config.workers, len(units))
     if workers <= 1:
         _init_worker(config, advance)
-        for unit in units:
-            try:
-                result = convert_unit(unit)
-            except OSError as e:
-                raise ProcessError(f"{unit.source}: {e}") from e
-            finished(result)
+        thaw = gc.get_freeze_count() == 0  # the caller's own frozen objects stay frozen
+        try:
+            for unit in units:
+                try:
+                    result = _convert_frozen(unit)
+                except OSError as e:
+                    raise ProcessError(f"{unit.source}: {e}") from e
+                finished(result)
+        finally:
+            if thaw:  # the caller's process: leave its collector as it was
+                gc.unfreeze()
         return
     # forkserver: workers are forked from a clean server process that has imported the
     # converter once, so they start fast and inherit no threads, locks or file handles.
@@ -547,7 +565,7 @@ def _run_units(config: ConverterConfig, units: list[Unit], finished: Callable[[U
             while todo or running:
                 while todo and len(running) < workers * 2:
                     unit = todo.pop(0)
-                    running[pool.submit(convert_unit, unit)] = unit
+                    running[pool.submit(_convert_frozen, unit)] = unit
                 done, _ = wait(running, timeout=0.5 if reports is not None else None,
                                return_when=FIRST_COMPLETED)
                 while reports is not None and not reports.empty():

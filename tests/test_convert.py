@@ -101,6 +101,16 @@ def test_histogram_array_places_counts_and_statistics(converter, histograms):
     assert arr[len(b):] == [99, 1.5, -1, -1, -1]
 
 
+def test_bucket_written_differently_lands_in_its_slot(converter, histograms):
+    b = histograms.get("GC_MS").buckets
+    plain = {"values": {str(b[0]): 3, str(b[5]): 7}, "sum": 10}
+    padded = {"values": {str(b[0]): 3, "0" + str(b[5]): 7}, "sum": 10}
+    doc = _ping(histograms={"GC_MS": plain, "STARTUP_GC_MS": padded})
+    out = _doc(converter.convert_document("d", {"reason": "idle-daily"}, doc, "20130910"))
+    assert out["histograms"]["STARTUP_GC_MS"] == out["histograms"]["GC_MS"]
+    assert out["histograms"]["GC_MS"][5] == 7
+
+
 @pytest.mark.parametrize("doc, path, reason", [
     (b"not json", PATH, "bad_payload"),
     (b"[1, 2]", PATH, "bad_payload"),
@@ -115,6 +125,11 @@ def test_histogram_array_places_counts_and_statistics(converter, histograms):
     (_ping(histograms={"GC_MS": {"values": {"-3": 1}}}), PATH, "invalid_bucket"),
     (_ping(histograms={"GC_MS": {"values": {"0": "many"}}}), PATH, "invalid_bucket"),
     (_ping(histograms={"GC_MS": {"values": {"0": 1.5}}}), PATH, "invalid_bucket"),
+    (_ping(histograms={"GC_MS": {"values": {"0": True}}}), PATH, "invalid_bucket"),
+    (_ping(histograms={"GC_MS": {"values": {"0": None}}}), PATH, "invalid_bucket"),
+    (_ping(histograms={"GC_MS": {"values": {"0": 1, "1": -2.0}}}), PATH, "invalid_bucket"),
+    (_ping(histograms={"GC_MS": {"values": [1, 2]}}), PATH, "conversion_error"),
+    (_ping(histograms={"GC_MS": [1, 2]}), PATH, "conversion_error"),
     (_ping(info=dict(_ping()["info"], revision=f"http://hg.mozilla.org/{REPO}/rev/0123456789ab")),
      PATH, "missing_revision"),
     (_ping(info=dict(_ping()["info"], revision="not a url")), PATH, "missing_revision_repo"),
