@@ -52,12 +52,18 @@ def published_id(unit_id: str, relpath: str, sequence: int) -> str:
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
-def compress_file(src: Path, dst: Path, codec: str, level: int) -> None:
-    """Compress a whole file into ``dst`` (made durable later, by :func:`write_manifest`)."""
+def compress_file(src: Path, dst: Path, codec: str, level: int,
+                  zstd: zstandard.ZstdCompressor | None = None) -> None:
+    """Compress a whole file into ``dst`` (made durable later, by :func:`write_manifest`).
+
+    ``zstd`` is a compressor to reuse (of ``level``): a unit compresses
+    hundreds of small layout files, and a fresh context costs as much as
+    compressing one of them.
+    """
     with open(src, "rb") as fin, open(dst, "wb") as fout:
         if codec == "zst":
             size = os.fstat(fin.fileno()).st_size
-            zstandard.ZstdCompressor(level=level).copy_stream(fin, fout, size=size)
+            (zstd or zstandard.ZstdCompressor(level=level)).copy_stream(fin, fout, size=size)
         else:
             comp = _lzma_compressor(level)
             while chunk := fin.read(_CHUNK):
@@ -65,10 +71,11 @@ def compress_file(src: Path, dst: Path, codec: str, level: int) -> None:
             fout.write(comp.flush())
 
 
-def compress_bytes(data: bytes, dst: Path, codec: str, level: int) -> None:
+def compress_bytes(data: bytes, dst: Path, codec: str, level: int,
+                   zstd: zstandard.ZstdCompressor | None = None) -> None:
     """Compress ``data`` into ``dst`` (made durable later, by :func:`write_manifest`)."""
     if codec == "zst":
-        out = zstandard.ZstdCompressor(level=level).compress(data)
+        out = (zstd or zstandard.ZstdCompressor(level=level)).compress(data)
     else:
         comp = _lzma_compressor(level)
         out = comp.compress(data) + comp.flush()
@@ -158,6 +165,7 @@ class LayoutWriter:
         self.unit_id = unit_id
         self.codec = CODEC_EXTENSIONS[codec]
         self.level = DEFAULT_LEVELS[self.codec] if level is None else level
+        self._zstd = zstandard.ZstdCompressor(level=self.level) if self.codec == "zst" else None
         self.max_file_size = max_file_size
         self.memory_limit = memory_limit
         self.pending: list[Pending] = []
@@ -217,10 +225,11 @@ class LayoutWriter:
             if part.buffered:
                 self._spill(part)
             plain = self._plain(part)
-            compress_file(plain, pending, self.codec, self.level)
+            compress_file(plain, pending, self.codec, self.level, self._zstd)
             plain.unlink()
         else:
-            compress_bytes(b"".join(part.buffer), pending, self.codec, self.level)
+            compress_bytes(b"".join(part.buffer), pending, self.codec, self.level,
+                           self._zstd)
             self._buffered -= part.buffered
         self._on_disk -= part.on_disk
         part.buffer.clear()
