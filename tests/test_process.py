@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import shutil
 import signal
@@ -93,6 +94,12 @@ def test_rerun_skips_done_files(config, fixture_raw, tmp_path):
     second = process(config, [fixture_raw, copy])  # same content under another name: same unit
     assert second.files_skipped == 2 and second.records_out == 0
     assert len(_records(config.output)) == 1 == first.records_out
+
+
+def test_one_worker_leaves_the_callers_collector_as_it_was(config, fixture_raw):
+    assert gc.get_freeze_count() == 0
+    process(config, [fixture_raw])
+    assert gc.get_freeze_count() == 0  # units are converted frozen, then thawed
 
 
 def _ping(reason="idle-daily", rev=REV, repo=REPO, histograms=None):
