@@ -1,4 +1,4 @@
-"""Converter commands: ``telemetry process``, ``histogram-server`` and ``export``.
+"""Converter commands: ``telemetry process`` and ``histogram-server`` (``export`` lives in converter/export.py).
 
 Thin layer: options become a :class:`~converter.process.ConverterConfig`
 (command line > config file > defaults) and library functions do the work;
@@ -13,7 +13,6 @@ import sys
 import click
 
 from converter.errors import ConfigError, ConverterError
-from converter.export import export
 from converter.process import ConverterConfig, process
 from converter.revisions import serve_histograms
 
@@ -85,4 +84,4 @@ def histogram_server_command(directory: str, host: str, port: int) -> None:
     server.wait()
 
 
-commands = [process_command, histogram_server_command, export]
+commands = [process_command, histogram_server_command]

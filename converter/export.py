@@ -465,6 +465,8 @@ def export(layout_dir: Path, bucket: str, prefix: str, endpoint_url: str | None,
                                    "see the messages above")
 
 
+commands = [export]
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     export()

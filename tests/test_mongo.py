@@ -101,5 +101,5 @@ def test_default_data_dir():
 def test_commands_are_in_the_telemetry_group():
     from telemetry.cli import main
 
-    assert {"import", "mongo", "aggregate", "compare"} <= set(main.commands)
-    assert set(main.commands["mongo"].commands) == {"start", "stop", "status"}
+    assert {"import", "mongo", "aggregate", "compare"} <= set(main.list_commands(None))
+    assert set(main.get_command(None, "mongo").commands) == {"start", "stop", "status"}
