@@ -221,11 +221,11 @@ class _ZstdFrames(io.RawIOBase):
         while chunk:
             self._in_frame = True
             out.append(self._frame.decompress(chunk))
-            chunk = b""
-            if self._frame.eof:
-                chunk = self._frame.unused_data
-                self._frame = self._dctx.decompressobj()
-                self._in_frame = False
+            if not self._frame.eof:
+                break
+            chunk = self._frame.unused_data  # the start of the next frame, if any
+            self._frame = self._dctx.decompressobj()
+            self._in_frame = False
         return b"".join(out)
 
     def close(self) -> None:

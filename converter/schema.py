@@ -105,11 +105,6 @@ class Schema:
         """The filter test for one level of the layout, so walkers can prune directories."""
         return level >= len(self.dimensions) or self.dimensions[level].allows(value)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"version": self.version,
-                "dimensions": [{"field_name": d.field_name, "allowed_values": d.allowed_values}
-                               for d in self.dimensions]}
-
 
 def submission_date(timestamp_ms: int) -> str:
     """YYYYMMDD of the UTC day a record was received."""
