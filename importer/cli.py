@@ -88,6 +88,13 @@ def connect_url(config: MongoConfig) -> str:
     help="Documents per insert.",
 )
 @click.option(
+    "--batch-mb",
+    type=click.FloatRange(0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Record megabytes (as JSON) per insert; an insert ends at whichever limit comes first.",
+)
+@click.option(
     "--writers",
     type=click.IntRange(1),
     default=3,
@@ -129,6 +136,7 @@ def import_(
     drop,
     workers,
     batch_size,
+    batch_mb,
     writers,
     write_concern,
     on_duplicate,
@@ -154,6 +162,7 @@ def import_(
         drop=drop,
         workers=workers,
         batch_size=batch_size,
+        batch_bytes=max(1, int(batch_mb * 2**20)),
         writers=writers,
         write_concern=wc,
         on_duplicate=on_duplicate,

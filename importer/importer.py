@@ -44,8 +44,8 @@ from importer.mongo import connect
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
 DUPLICATE_KEY = 11000
+DAY = "submission_date"
 ON_DUPLICATE = ("skip", "replace")
-MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -59,6 +59,9 @@ class ImportOptions:
     workers: int = 1
     writers: int = 3  # batches in flight per worker (threads)
     batch_size: int = 1000
+    # Record bytes per insert: the embedded server decodes a whole message at
+    # once, and a few MB of documents cost it less per document than 16 MB.
+    batch_bytes: int = 2 * 1024 * 1024
     write_concern: int | str = 1
     on_duplicate: str = "skip"
     keep_dots: bool = False
@@ -241,17 +244,25 @@ def make_chunks(files: list[LayoutFile], max_bytes: int, max_files: int) -> list
 
 
 def create_indexes(collection: pymongo.collection.Collection, names: Iterable[str]) -> list[str]:
-    """Indexes for filters on the dimensions, kept to two because each one slows every insert.
+    """One compound index over the dimensions, the submission day first.
 
-    One compound index over all dimensions in schema order serves any filter
-    on a leading run of them (reason, then appName, ...); the day, the one
-    dimension filtered alone most often, gets its own.
+    Every index costs every insert: on the embedded server the first one adds
+    about half to the server's work per 5 KB document, a second about a
+    fifth more (docs/mongo.md), so there is one.  Real filters almost
+    always bound the day, so it leads; the other dimensions follow in schema
+    order and narrow the scan inside the index.  A collection that already
+    has an index named ``dimensions`` (made by an earlier version, with
+    another key order, or by hand) keeps it: recreating it under the same
+    name with other keys would be refused by the server.
     """
-    names = list(names)
-    models = [pymongo.IndexModel([(f"{META}.{n}", 1) for n in names], name="dimensions")]
-    if names and names[-1] != names[0]:
-        models.append(pymongo.IndexModel([(f"{META}.{names[-1]}", 1)]))
-    return collection.create_indexes(models)
+    names = sorted(names, key=lambda n: n != DAY)  # stable: the rest keep schema order
+    if not names:
+        return []
+    if any(ix["name"] == "dimensions" for ix in collection.list_indexes()):
+        return ["dimensions"]
+    return collection.create_indexes(
+        [pymongo.IndexModel([(f"{META}.{n}", 1) for n in names], name="dimensions")]
+    )
 
 
 def import_files(
@@ -442,6 +453,7 @@ class _Writer:
         )
         self.acknowledged = self.collection.write_concern.acknowledged
         self.batch_size = options.batch_size
+        self.batch_bytes = options.batch_bytes
         self.chunk = chunk
         self.buffers: dict[str, list[dict]] = {"insert": [], "replace": [], "resume": []}
         self.sizes = dict.fromkeys(self.buffers, 0)
@@ -452,7 +464,7 @@ class _Writer:
     def add(self, kind: str, doc: dict, size: int) -> None:
         self.buffers[kind].append(doc)
         self.sizes[kind] += size
-        if len(self.buffers[kind]) >= self.batch_size or self.sizes[kind] >= MAX_BATCH_BYTES:
+        if len(self.buffers[kind]) >= self.batch_size or self.sizes[kind] >= self.batch_bytes:
             self.flush(kind)
 
     def flush_all(self) -> None:

@@ -10,15 +10,23 @@ import time
 from pathlib import Path
 
 import orjson
+import pymongo
 import pytest
 import zstandard
 from click.testing import CliRunner
+from pymongo import monitoring
 
 from converter.layout import find_layout_files, read_layout_file
 from converter.synthetic import make_records, write_layout
 from importer.cli import import_
 from importer.document import DOT, make_document, redot, undot
-from importer.importer import ImportOptions, create_indexes, import_dataset, make_chunks
+from importer.importer import (
+    ImportOptions,
+    create_indexes,
+    import_dataset,
+    import_files,
+    make_chunks,
+)
 
 NAMES = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
 
@@ -71,7 +79,11 @@ def test_fixture_files_import_with_dimensions_and_dots(fixtures_dir, mongo_url, 
     assert dotted and not any("." in k for k in dotted)
     assert any(DOT in k for k in dotted)
     indexed = {tuple(ix["key"].keys()) for ix in mongo_db.payloads.list_indexes()}
-    assert indexed == {("_id",), tuple(f"meta.{n}" for n in NAMES), ("meta.submission_date",)}
+    day_first = ["submission_date"] + [n for n in NAMES if n != "submission_date"]
+    assert indexed == {("_id",), tuple(f"meta.{n}" for n in day_first)}
+    # A filter on the day alone is served by the index, not a collection scan.
+    plan = mongo_db.payloads.find({"meta.submission_date": {"$gte": "20131011"}}).explain()
+    assert plan["queryPlanner"]["winningPlan"]["inputStage"]["indexName"] == "dimensions"
 
 
 def test_generated_layout_then_rerun_doubles_nothing(generated, mongo_url, mongo_db):
@@ -265,7 +277,16 @@ def test_documents_and_chunks_unit(tmp_path):
 def test_create_indexes_is_idempotent(mongo_db):
     mongo_db.payloads.insert_one({"_id": "x"})
     first = create_indexes(mongo_db.payloads, NAMES)
-    assert create_indexes(mongo_db.payloads, NAMES) == first
+    assert create_indexes(mongo_db.payloads, NAMES) == first == ["dimensions"]
+
+
+def test_create_indexes_keeps_an_earlier_dimensions_index(mongo_db):
+    """A collection imported by an earlier version (schema-order index) is imported into again."""
+    earlier = [(f"meta.{n}", 1) for n in NAMES]
+    mongo_db.payloads.create_index(earlier, name="dimensions")
+    assert create_indexes(mongo_db.payloads, NAMES) == ["dimensions"]
+    keys = {ix["name"]: list(ix["key"].items()) for ix in mongo_db.payloads.list_indexes()}
+    assert keys == {"_id_": [("_id", 1)], "dimensions": earlier}
 
 
 def test_filter_imports_only_matching_files(tmp_path, fixtures_dir, mongo_url, mongo_db):
@@ -311,3 +332,38 @@ def test_file_marked_by_another_run_meanwhile_is_imported_as_resumed(
     assert result.resumed and not fresh.resumed
     assert mongo_db.imports.find_one({"_id": mark["_id"]}) == mark
     assert mongo_db.imports.find_one({"_id": "payloads:other"}) == other
+
+
+class _Inserts(monitoring.CommandListener):
+    def __init__(self):
+        self.batches: list[list[str]] = []
+
+    def started(self, event):
+        if event.command_name == "insert" and event.command["insert"] == "payloads":
+            self.batches.append([d["_id"] for d in event.command["documents"]])
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+def test_an_insert_ends_at_the_byte_limit(generated, mongo_url, mongo_db):
+    """--batch-mb: inserts are cut by record bytes before --batch-size documents."""
+    files = find_layout_files(generated)
+    sizes = {i: len(t) for lf in files for _, i, t in read_layout_file(lf.path)}
+    listener = _Inserts()
+    client = pymongo.MongoClient(mongo_url, event_listeners=[listener])
+    try:
+        options = _options(mongo_db, batch_size=1000, batch_bytes=100_000, writers=1)
+        result = import_files(client[mongo_db.name], files, NAMES, options)
+    finally:
+        client.close()
+    assert result.inserted == len(sizes) == 2000 and not result.duplicates
+    assert mongo_db.payloads.count_documents({}) == 2000
+    assert sorted(i for batch in listener.batches for i in batch) == sorted(sizes)
+    # An insert ends with the record that takes it to 100 kB, well before 1000 records.
+    totals = [sum(sizes[i] for i in batch) for batch in listener.batches]
+    assert all(t - sizes[b[-1]] < 100_000 for t, b in zip(totals, listener.batches))
+    assert sum(t >= 100_000 for t in totals) >= len(totals) - 1 > 5
