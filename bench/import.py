@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Import speed: ``python -m importer`` against the original's method, on the embedded server.
 
-The original imported with one process per CPU, one unacknowledged (w=0)
+The original (telemetry-server's ``mongodb/importer.py``) imported with one
+process per CPU, each holding one ``MongoClient(w=0)``, one unacknowledged
 insert of a whole file per call, the stdlib ``json`` parser and ``[dot]``
-replacement in Python.  Its time here runs until the server holds every
+replacement in Python; here it stores the same documents as ours (``_id`` and
+dimensions added) so both make the server do the same work per document.  Its time here runs until the server holds every
 document (w=0 returns before the server has written anything).  Ours is the
 real command line, acknowledged writes, resumable bookkeeping and all.
 Then each named pipeline is timed over the imported data.
 
-    bench/import.py [--records 20000] [--sizes 5,30] [--memory] [--no-pipelines]
+    bench/import.py [--records 20000] [--sizes 5,30] [--memory] [--no-pipelines] [--layouts DIR]
 
 The machine may be shared: run it once at a modest size, read the ratio
 (measured in the same run), not the absolute figures.
@@ -29,14 +31,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import bson  # noqa: E402
 import pymongo  # noqa: E402
 
 from aggregations.pipelines import run_pipeline  # noqa: E402
-from converter.layout import find_layout_files, open_layout_file  # noqa: E402
+from converter.layout import find_layout_files, open_layout_file, read_layout_file  # noqa: E402
 from converter.synthetic import make_records, write_layout  # noqa: E402
+from importer.document import make_document  # noqa: E402
 from importer.mongo import start_embedded  # noqa: E402
 
 DOTTED = ("slowSQL", "slowSQLStartup", "addonDetails", "addonHistograms")
+DIMENSIONS = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
 
 
 def _original_undot(value):
@@ -45,11 +50,17 @@ def _original_undot(value):
     return value
 
 
-def _original_import_file(args):
-    """One file, the original's way: stdlib json, dots replaced, one w=0 insert of the file."""
-    url, database, path, dims = args
-    client = pymongo.MongoClient(url)
-    coll = client[database].get_collection("payloads", write_concern=pymongo.WriteConcern(w=0))
+_worker_client: pymongo.MongoClient | None = None
+
+
+def _original_worker(url: str) -> None:
+    """Each process opens one client and keeps it, as the original's workers did."""
+    global _worker_client
+    _worker_client = pymongo.MongoClient(url, w=0)
+
+
+def _original_documents(path: str, dims: dict) -> list[dict]:
+    """One file's documents, built the original's way: stdlib json, dots replaced in Python."""
     docs = []
     with open_layout_file(path) as f:
         for line in f:
@@ -61,22 +72,50 @@ def _original_import_file(args):
             doc["_id"] = doc_id
             doc.update(dims)
             docs.append(doc)
+    return docs
+
+
+def _original_import_file(args):
+    """One file, the original's way: one w=0 insert of the whole file."""
+    database, path, dims = args
+    assert _worker_client is not None
+    docs = _original_documents(path, dims)
     if docs:
-        coll.insert_many(docs)
-    client.close()
+        _worker_client[database].payloads.insert_many(docs)
     return len(docs)
 
 
+def client_cost(base: Path) -> tuple[float, float]:
+    """Seconds one process spends making every document ready to send (BSON), each way.
+
+    The server is left out: on the embedded server it dominates both
+    methods alike, while against a real mongod this client-side work is
+    what an importer process itself adds per document.
+    """
+    files = find_layout_files(base)
+    start = time.perf_counter()
+    for f in files:
+        for doc in _original_documents(str(f.path), dict(zip(DIMENSIONS, f.dimensions))):
+            bson.encode(doc)
+    original = time.perf_counter() - start
+    start = time.perf_counter()
+    for f in files:
+        meta = dict(zip(DIMENSIONS, f.dimensions), file=f.relpath)
+        for _, doc_id, text in read_layout_file(f.path):
+            bson.encode(make_document(doc_id, text, dict(meta)))
+    return original, time.perf_counter() - start
+
+
 def original_method(url: str, database: str, base: Path, expected: int) -> float:
-    names = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
     work = [
-        (url, database, str(f.path), dict(zip(names, f.dimensions)))
-        for f in find_layout_files(base)
+        (database, str(f.path), dict(zip(DIMENSIONS, f.dimensions))) for f in find_layout_files(base)
     ]
     client = pymongo.MongoClient(url)
     client.drop_database(database)
     start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(os.cpu_count()) as pool:
+    with multiprocessing.get_context("spawn").Pool(
+        os.cpu_count(), initializer=_original_worker, initargs=(url,)
+    ) as pool:
         sent = sum(pool.map(_original_import_file, work, chunksize=8))
     # w=0 returns at once: wait until the server really holds every document.
     deadline = time.perf_counter() + 600
@@ -94,6 +133,9 @@ def original_method(url: str, database: str, base: Path, expected: int) -> float
 
 
 def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
+    client = pymongo.MongoClient(url)
+    client.drop_database(database)  # outside the clock, as for the original
+    client.close()
     start = time.perf_counter()
     proc = subprocess.run(
         [
@@ -103,7 +145,6 @@ def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
             str(base),
             "-d",
             database,
-            "--drop",
             "--mongo-url",
             url,
             *extra,
@@ -118,6 +159,19 @@ def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
     return elapsed
 
 
+def server_cpu(pid: int) -> float:
+    """CPU seconds the server process has used so far (Linux /proc; 0 elsewhere).
+
+    Both methods are limited by the one server process, so its CPU time per
+    method says which one makes it do more work, whatever the wall clock.
+    """
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -129,6 +183,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--no-pipelines", action="store_true", help="time the import only, not the pipelines"
+    )
+    parser.add_argument(
+        "--layouts",
+        type=Path,
+        help="keep the generated layouts in this directory and reuse them on the next run",
     )
     args = parser.parse_args()
 
@@ -144,29 +203,40 @@ def main() -> None:
         print(f"embedded server {server.url} ({storage}), {os.cpu_count()} CPUs")
         try:
             for kb in (int(s) for s in args.sizes.split(",")):
-                base = tmp / f"layout_{kb}k"
-                write_layout(base, make_records(args.records, seed=kb, payload_kb=kb))
+                base = (args.layouts or tmp) / f"layout_{kb}k_{args.records}"
+                if not base.is_dir():
+                    write_layout(base, make_records(args.records, seed=kb, payload_kb=kb))
                 files = find_layout_files(base)
                 mb = sum(f.size for f in files) / 2**20
                 print(
                     f"\n{args.records} records of ~{kb} KB in {len(files)} files "
                     f"({mb:.1f} MB compressed)"
                 )
+                cpu = server_cpu(server.pid)
                 base_s = original_method(server.url, f"orig_{kb}", base, args.records)
+                used = server_cpu(server.pid) - cpu
                 print(
                     f"  {'original (w=0, 1 proc/CPU, whole file)':38s} "
                     f"{args.records / base_s:9,.0f} docs/s  "
-                    f"({base_s:.1f}s)  baseline"
+                    f"({base_s:.1f}s)  baseline  server CPU {used:.1f}s"
                 )
                 for label, extra in (
                     ("python -m importer (w=1, indexes)", []),
                     ("python -m importer (w=1, --no-indexes)", ["--no-indexes"]),
                 ):
+                    cpu = server_cpu(server.pid)
                     ours_s = our_method(server.url, f"ours_{kb}", base, extra)
+                    used = server_cpu(server.pid) - cpu
                     print(
                         f"  {label:38s} {args.records / ours_s:9,.0f} docs/s  ({ours_s:.1f}s)  "
-                        f"{base_s / ours_s:.2f}x"
+                        f"{base_s / ours_s:.2f}x  server CPU {used:.1f}s"
                     )
+                original_s, ours_s = client_cost(base)
+                print(
+                    f"  client side only, 1 process: original {original_s / args.records * 1e3:.2f} "
+                    f"ms/doc, ours {ours_s / args.records * 1e3:.2f} ms/doc, "
+                    f"{original_s / ours_s:.2f}x"
+                )
                 client = pymongo.MongoClient(server.url)
                 coll = client[f"ours_{kb}"].payloads
                 pipelines = (
