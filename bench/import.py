@@ -5,8 +5,9 @@ The original (telemetry-server's ``mongodb/importer.py``) imported with one
 process per CPU, each holding one ``MongoClient(w=0)``, one unacknowledged
 insert of a whole file per call, the stdlib ``json`` parser and ``[dot]``
 replacement in Python; here it stores the same documents as ours (``_id`` and
-dimensions added) so both make the server do the same work per document.  Its time here runs until the server holds every
-document (w=0 returns before the server has written anything).  Ours is the
+dimensions added) so both make the server do the same work per document.
+Its time runs until the server holds every document (w=0 returns before
+the server has written anything).  Ours is the
 real command line, acknowledged writes, resumable bookkeeping and all.
 Then each named pipeline is timed over the imported data.
 
@@ -22,6 +23,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,10 +40,11 @@ from aggregations.pipelines import run_pipeline  # noqa: E402
 from converter.layout import find_layout_files, open_layout_file, read_layout_file  # noqa: E402
 from converter.synthetic import make_records, write_layout  # noqa: E402
 from importer.document import make_document  # noqa: E402
+from importer.importer import ImportOptions  # noqa: E402
 from importer.mongo import start_embedded  # noqa: E402
 
 DOTTED = ("slowSQL", "slowSQLStartup", "addonDetails", "addonHistograms")
-DIMENSIONS = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
+DIMENSIONS = ImportOptions().dimension_names()  # the packaged schema's, as the importer uses
 
 
 def _original_undot(value):
@@ -204,8 +207,11 @@ def main() -> None:
         try:
             for kb in (int(s) for s in args.sizes.split(",")):
                 base = (args.layouts or tmp) / f"layout_{kb}k_{args.records}"
-                if not base.is_dir():
-                    write_layout(base, make_records(args.records, seed=kb, payload_kb=kb))
+                if not base.is_dir():  # written aside first: a half-written one is never reused
+                    partial = base.with_name(base.name + ".partial")
+                    shutil.rmtree(partial, ignore_errors=True)
+                    write_layout(partial, make_records(args.records, seed=kb, payload_kb=kb))
+                    partial.rename(base)
                 files = find_layout_files(base)
                 mb = sum(f.size for f in files) / 2**20
                 print(
@@ -231,11 +237,12 @@ def main() -> None:
                         f"  {label:38s} {args.records / ours_s:9,.0f} docs/s  ({ours_s:.1f}s)  "
                         f"{base_s / ours_s:.2f}x  server CPU {used:.1f}s"
                     )
-                original_s, ours_s = client_cost(base)
+                original_client, ours_client = client_cost(base)
                 print(
-                    f"  client side only, 1 process: original {original_s / args.records * 1e3:.2f} "
-                    f"ms/doc, ours {ours_s / args.records * 1e3:.2f} ms/doc, "
-                    f"{original_s / ours_s:.2f}x"
+                    f"  client side only, 1 process: "
+                    f"original {original_client / args.records * 1e3:.2f} ms/doc, "
+                    f"ours {ours_client / args.records * 1e3:.2f} ms/doc, "
+                    f"{original_client / ours_client:.2f}x"
                 )
                 client = pymongo.MongoClient(server.url)
                 coll = client[f"ours_{kb}"].payloads
