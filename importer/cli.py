@@ -16,7 +16,13 @@ import click
 
 from converter.schema import Schema, SchemaError
 from importer.errors import DatasetError, ImporterError, MongoUnavailable
-from importer.importer import ON_DUPLICATE, ChunkResult, ImportOptions, import_dataset
+from importer.importer import (
+    ON_DUPLICATE,
+    ChunkResult,
+    ImportOptions,
+    default_workers,
+    import_dataset,
+)
 from importer.mongo import (
     MongoConfig,
     default_data_dir,
@@ -76,9 +82,7 @@ def connect_url(config: MongoConfig) -> str:
 @click.option(
     "--workers",
     type=click.IntRange(1),
-    default=max(1, (os.cpu_count() or 2) // 2),
-    show_default=True,
-    help="Worker processes.",
+    help="Worker processes [default: all CPUs; half of them for a server on this machine].",
 )
 @click.option(
     "--batch-size",
@@ -156,11 +160,12 @@ def import_(
         filter = Schema.load(filter_path) if filter_path else None
     except SchemaError as e:
         raise BadSetup(str(e)) from None
+    url = connect_url(mongo_config(mongo_url, mongo_dir))
     options = ImportOptions(
         database=database,
         collection=collection,
         drop=drop,
-        workers=workers,
+        workers=workers or default_workers(url),
         batch_size=batch_size,
         batch_bytes=max(1, int(batch_mb * 2**20)),
         writers=writers,
@@ -171,7 +176,6 @@ def import_(
         filter=filter,
         create_indexes=not no_indexes,
     )
-    url = connect_url(mongo_config(mongo_url, mongo_dir))
     bar = _progress_bar()
     try:
         summary = import_dataset(dataset, url, options, progress=bar)

@@ -40,7 +40,7 @@ from converter.layout import (
 from converter.schema import Schema
 from importer.document import META, SOURCE, DocumentError, make_document
 from importer.errors import DatasetError, ImporterError
-from importer.mongo import connect
+from importer.mongo import connect, is_local
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
 DUPLICATE_KEY = 11000
@@ -225,6 +225,16 @@ def import_dataset(
         client.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def default_workers(url: str) -> int:
+    """Worker processes when none are asked for: all CPUs, or half beside a local server.
+
+    The client's parsing is what limits an import into a server elsewhere; a
+    server on this machine (the embedded one) needs the other half itself.
+    """
+    cpus = os.cpu_count() or 2
+    return max(1, cpus // 2) if is_local(url) else cpus
 
 
 def make_chunks(files: list[LayoutFile], max_bytes: int, max_files: int) -> list[list[LayoutFile]]:

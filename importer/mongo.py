@@ -281,6 +281,24 @@ def connect(url: str, timeout_ms: int = 3000, **options) -> pymongo.MongoClient:
     return client
 
 
+def is_local(url: str) -> bool:
+    """Whether every server in ``url`` runs on this machine (loopback or a Unix socket).
+
+    Such a server, the embedded one above all, competes with the client for
+    the same CPUs; a server elsewhere does not.
+    """
+    if url.startswith("mongodb+srv://"):
+        return False
+    try:
+        hosts = parse_uri(url)["nodelist"]
+    except (InvalidURI, ConfigurationError, ValueError):
+        return False
+    return bool(hosts) and all(
+        host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".sock")
+        for host, _ in hosts
+    )
+
+
 def _valid(url: str) -> bool:
     validate_url(url)
     return True

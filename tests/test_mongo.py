@@ -18,6 +18,7 @@ from importer.mongo import (
     connect,
     default_data_dir,
     embedded_status,
+    is_local,
     redact,
     resolve_url,
     stop_embedded,
@@ -91,6 +92,33 @@ def test_validate_and_redact():
         validate_url("mongodb://h:notaport/")
     assert redact("mongodb://alice:s3cret@h:1/db") == "mongodb://alice:***@h:1/db"
     assert redact("mongodb://h:1/db") == "mongodb://h:1/db"
+
+
+@pytest.mark.parametrize(
+    "url, local",
+    [
+        ("mongodb://127.0.0.1:27017/", True),
+        ("mongodb://localhost,127.0.0.2:27018/?replicaSet=rs", True),
+        ("mongodb://[::1]:27017/", True),
+        ("mongodb://%2Ftmp%2Fmongodb-27017.sock", True),
+        ("mongodb://db1.example.com:27017/", False),
+        ("mongodb://localhost:1,db2.example.com:2/?replicaSet=rs", False),
+        ("mongodb+srv://cluster0.example.com/", False),
+        ("not a uri", False),
+    ],
+)
+def test_is_local(url, local):
+    assert is_local(url) is local
+
+
+def test_default_workers_leave_half_the_cpus_to_a_local_server(monkeypatch):
+    from importer.importer import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_workers("mongodb://127.0.0.1:27017/") == 4
+    assert default_workers("mongodb://db1.example.com/") == 8
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert default_workers("mongodb://127.0.0.1:27017/") == 1
 
 
 def test_default_data_dir():
