@@ -12,6 +12,7 @@ real command line, acknowledged writes, resumable bookkeeping and all.
 Then each named pipeline is timed over the imported data.
 
     bench/import.py [--records 20000] [--sizes 5,30] [--memory] [--no-pipelines] [--layouts DIR]
+        [--mongo-url URI]
 
 The machine may be shared: run it once at a modest size, read the ratio
 (measured in the same run), not the absolute figures.
@@ -41,7 +42,7 @@ from converter.layout import find_layout_files, open_layout_file, read_layout_fi
 from converter.synthetic import make_records, write_layout  # noqa: E402
 from importer.document import make_document  # noqa: E402
 from importer.importer import ImportOptions  # noqa: E402
-from importer.mongo import start_embedded  # noqa: E402
+from importer.mongo import redact, start_embedded  # noqa: E402
 
 DOTTED = ("slowSQL", "slowSQLStartup", "addonDetails", "addonHistograms")
 DIMENSIONS = ImportOptions().dimension_names()  # the packaged schema's, as the importer uses
@@ -162,17 +163,22 @@ def our_method(url: str, database: str, base: Path, extra: list[str]) -> float:
     return elapsed
 
 
-def server_cpu(pid: int) -> float:
-    """CPU seconds the server process has used so far (Linux /proc; 0 elsewhere).
+def server_cpu(pid: int | None) -> float | None:
+    """CPU seconds the embedded server has used so far (Linux /proc), None if unknown.
 
     Both methods are limited by the one server process, so its CPU time per
     method says which one makes it do more work, whatever the wall clock.
     """
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
+    except (OSError, IndexError):
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_used(pid: int | None, before: float | None) -> str:
+    after = server_cpu(pid)
+    return f"  server CPU {after - before:.1f}s" if after is not None and before is not None else ""
 
 
 def main() -> None:
@@ -188,6 +194,11 @@ def main() -> None:
         "--no-pipelines", action="store_true", help="time the import only, not the pipelines"
     )
     parser.add_argument(
+        "--mongo-url",
+        help="a server of your own (a real mongod, say) instead of the embedded one; "
+        "databases orig_N and ours_N are made and dropped there",
+    )
+    parser.add_argument(
         "--layouts",
         type=Path,
         help="keep the generated layouts in this directory and reuse them on the next run",
@@ -196,14 +207,19 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         tmp = Path(tmp)
-        server = start_embedded(
-            tmp / "server",
-            storage_path=":memory:" if args.memory else None,
-            detach=False,
-            pid_file=False,
-        )
-        storage = "memory" if args.memory else "disk"
-        print(f"embedded server {server.url} ({storage}), {os.cpu_count()} CPUs")
+        if args.mongo_url:
+            server, url, pid = None, args.mongo_url, None
+            print(f"server {redact(url)} (given), {os.cpu_count()} CPUs")
+        else:
+            server = start_embedded(
+                tmp / "server",
+                storage_path=":memory:" if args.memory else None,
+                detach=False,
+                pid_file=False,
+            )
+            url, pid = server.url, server.pid
+            storage = "memory" if args.memory else "disk"
+            print(f"embedded server {url} ({storage}), {os.cpu_count()} CPUs")
         try:
             for kb in (int(s) for s in args.sizes.split(",")):
                 base = (args.layouts or tmp) / f"layout_{kb}k_{args.records}"
@@ -218,24 +234,24 @@ def main() -> None:
                     f"\n{args.records} records of ~{kb} KB in {len(files)} files "
                     f"({mb:.1f} MB compressed)"
                 )
-                cpu = server_cpu(server.pid)
-                base_s = original_method(server.url, f"orig_{kb}", base, args.records)
-                used = server_cpu(server.pid) - cpu
+                cpu = server_cpu(pid)
+                base_s = original_method(url, f"orig_{kb}", base, args.records)
+                used = cpu_used(pid, cpu)
                 print(
                     f"  {'original (w=0, 1 proc/CPU, whole file)':38s} "
                     f"{args.records / base_s:9,.0f} docs/s  "
-                    f"({base_s:.1f}s)  baseline  server CPU {used:.1f}s"
+                    f"({base_s:.1f}s)  baseline{used}"
                 )
                 for label, extra in (
                     ("python -m importer (w=1, indexes)", []),
                     ("python -m importer (w=1, --no-indexes)", ["--no-indexes"]),
                 ):
-                    cpu = server_cpu(server.pid)
-                    ours_s = our_method(server.url, f"ours_{kb}", base, extra)
-                    used = server_cpu(server.pid) - cpu
+                    cpu = server_cpu(pid)
+                    ours_s = our_method(url, f"ours_{kb}", base, extra)
+                    used = cpu_used(pid, cpu)
                     print(
                         f"  {label:38s} {args.records / ours_s:9,.0f} docs/s  ({ours_s:.1f}s)  "
-                        f"{base_s / ours_s:.2f}x  server CPU {used:.1f}s"
+                        f"{base_s / ours_s:.2f}x{used}"
                     )
                 original_client, ours_client = client_cost(base)
                 print(
@@ -244,7 +260,7 @@ def main() -> None:
                     f"ours {ours_client / args.records * 1e3:.2f} ms/doc, "
                     f"{original_client / ours_client:.2f}x"
                 )
-                client = pymongo.MongoClient(server.url)
+                client = pymongo.MongoClient(url)
                 coll = client[f"ours_{kb}"].payloads
                 pipelines = (
                     ("os_distribution", {}),
@@ -261,7 +277,8 @@ def main() -> None:
                 client.drop_database(f"ours_{kb}")
                 client.close()
         finally:
-            server.stop()
+            if server:
+                server.stop()
 
 
 if __name__ == "__main__":
