@@ -37,14 +37,13 @@ from converter.layout import (
     find_layout_files,
     read_layout_file,
 )
-from converter.schema import Schema
+from converter.schema import SUBMISSION_DATE, Schema
 from importer.document import META, SOURCE, DocumentError, make_document
 from importer.errors import DatasetError, ImporterError
 from importer.mongo import connect, is_local
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
 DUPLICATE_KEY = 11000
-DAY = "submission_date"
 ON_DUPLICATE = ("skip", "replace")
 
 
@@ -265,7 +264,7 @@ def create_indexes(collection: pymongo.collection.Collection, names: Iterable[st
     another key order, or by hand) keeps it: recreating it under the same
     name with other keys would be refused by the server.
     """
-    names = sorted(names, key=lambda n: n != DAY)  # stable: the rest keep schema order
+    names = sorted(names, key=lambda n: n != SUBMISSION_DATE)  # stable: the rest keep schema order
     if not names:
         return []
     if any(ix["name"] == "dimensions" for ix in collection.list_indexes()):
