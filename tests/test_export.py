@@ -193,12 +193,16 @@ def test_loop_picks_up_new_files_until_stopped(s3, s3_endpoint, tmp_path):
     worker = threading.Thread(target=lambda: result.update(
         s=export_layout(config(base, s3_endpoint, loop=0.05, after_upload="delete"), stop)))
     worker.start()
+    want = {}
     try:
-        written = write_layout(base, make_records(6, seed=9, payload_kb=1), records_per_file=2)
-        want = {p.relative_to(base).as_posix(): p.read_bytes() for p in written}
-        deadline = time.monotonic() + 30
-        while bucket_objects(s3).keys() != want.keys() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The second files appear only once the first are uploaded, so they need a later pass.
+        for seed in (9, 10):
+            written = write_layout(base, make_records(6, seed=seed, payload_kb=1),
+                                   records_per_file=2)
+            want.update({p.relative_to(base).as_posix(): p.read_bytes() for p in written})
+            deadline = time.monotonic() + 30
+            while bucket_objects(s3).keys() != want.keys() and time.monotonic() < deadline:
+                time.sleep(0.05)
     finally:
         stop.set()
         worker.join(30)
