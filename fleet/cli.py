@@ -77,6 +77,8 @@ def simulate(pings: int, seed: int, raw_log: Path | None, to: str | None, days: 
         summary = send(fleet.submissions(), config, progress=bar.update)
     for line in summary.lines():
         click.echo(line, err=line.startswith(("error:", "stopped:")))
+    if summary.sent < pings:
+        click.echo(f"{pings - summary.sent} submissions not sent", err=True)
     if not summary.ok:
         sys.exit(1)
 

@@ -75,7 +75,7 @@ class SendConfig:
 
 @dataclass
 class SendSummary:
-    """The outcome of a run: every submission ends with one final status (0: no response)."""
+    """The outcome of a run: every submission sent ends with one final HTTP status or as failed."""
 
     sent: int = 0
     codes: Counter = field(default_factory=Counter)
@@ -93,7 +93,7 @@ class SendSummary:
     @property
     def ok(self) -> bool:
         """True when every submission was answered 2xx."""
-        return self.aborted is None and self.accepted == self.sent
+        return self.aborted is None and self.failed == 0 and self.accepted == self.sent
 
     def lines(self) -> list[str]:
         rate = self.sent / self.seconds if self.seconds > 0 else 0.0
@@ -157,15 +157,18 @@ async def _send(submissions: Iterable[Submission], config: SendConfig,
                     note(f"POST {url}: {problem}")
                     break
             else:
-                tries = config.retries + 1
-                note(f"POST {url}: {problem} after {tries} attempt{'s' if tries > 1 else ''}")
-                if status == 0 and summary.aborted is None:
-                    summary.aborted = (f"no response from {base} ({problem}) after {tries} "
-                                       f"attempt{'s' if tries > 1 else ''}; is the receiver running?")
+                tries = f"{config.retries + 1} attempt{'s' if config.retries else ''}"
+                if status:
+                    note(f"POST {url}: {problem} after {tries}")
+                elif summary.aborted is None:
+                    summary.aborted = (f"no response from {base} ({problem}) after {tries}; "
+                                       f"is the receiver running?")
                     stop.set()
             summary.sent += 1
-            summary.codes[status] += 1
-            summary.failed += status == 0
+            if status:
+                summary.codes[status] += 1
+            else:
+                summary.failed += 1
             summary.malformed += sub.malformed is not None
             if progress is not None:
                 progress(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -138,3 +139,175 @@ def test_cli_raw_log(tmp_path):
         [(s.path, s.body, s.timestamp_ms, s.client_ip) for s in subs]
     body = orjson.loads(gzip.decompress(records[0].data))
     assert body["ver"] == 1 and body["info"]["appName"] == "Firefox"
+
+
+def test_days_spread_submission_dates(tmp_path):
+    subs = list(Fleet(90, seed=1, scenario=CLEAN.with_days(3)).submissions())
+    days = Counter(s.timestamp_ms // 86_400_000 for s in subs)
+    assert len(days) == 3 and set(days.values()) == {30}
+    small = replace(CLEAN, histograms_per_ping=10).with_days(3)
+    nightly = {s.path.rsplit("/", 1)[1] for s in Fleet(400, seed=1, scenario=small).submissions()
+               if "/nightly/" in s.path}
+    assert len(nightly) >= 3          # a new nightly build every day (plus clients lagging behind)
+
+
+# --------------------------------------------------------------------------- effects in the converted data
+
+def _mean(hist: list) -> float:
+    samples = sum(hist[:-5])
+    return hist[-5] / samples
+
+
+def test_proportions_and_effects_in_the_converted_data(tmp_path, hg):
+    """Truth a downstream aggregate can be checked against (tolerances for 900 pings)."""
+    # The effects are on the live metrics: few other histograms keep the test quick.
+    scenario = replace(CLEAN, pings_per_client_day=0.5, histograms_per_ping=20)
+    fleet = Fleet(900, seed=11, scenario=scenario)
+    write_raw_logs(fleet.submissions(), tmp_path / "raw")
+    _, summary = convert(tmp_path / "raw", tmp_path, hg)
+    assert summary.records_rejected == 0
+    docs = converted_docs(tmp_path / "layout")
+    channels = Counter(d["info"]["appUpdateChannel"] for d in docs)
+    share = {c: n / len(docs) for c, n in channels.items()}
+    assert 0.58 <= share["release"] <= 0.82
+    assert share["release"] > share["beta"] > max(share["aurora"], share["nightly"]) > 0
+    os_share = Counter(d["info"]["OS"] for d in docs)
+    assert os_share["WINNT"] > os_share["Darwin"] > 0 and os_share["Linux"] > 0
+    assert Counter(d["info"]["reason"] for d in docs).keys() == {"saved-session", "idle-daily"}
+
+    # The regression: GC_MS on nightly from the named build on is x1.3.
+    reg = fleet.regression_build
+    before = [_mean(d["histograms"]["GC_MS"]) for d in docs
+              if d["info"]["appUpdateChannel"] == "nightly" and d["info"]["appBuildID"] < reg]
+    after = [_mean(d["histograms"]["GC_MS"]) for d in docs
+             if d["info"]["appUpdateChannel"] == "nightly" and d["info"]["appBuildID"] >= reg]
+    assert len(before) >= 10 and len(after) >= 10
+    ratio = (sum(after) / len(after)) / (sum(before) / len(before))
+    assert 1.12 <= ratio <= 1.5, ratio
+    # No such step on release (one build) or between nightly's builds before it.
+    # The OS difference: CYCLE_COLLECTOR on Darwin x1.5 (x0.95 baseline) against WINNT.
+    by_os = {os_name: [_mean(d["histograms"]["CYCLE_COLLECTOR"]) for d in docs if d["info"]["OS"] == os_name]
+             for os_name in ("Darwin", "WINNT")}
+    ratio = (sum(by_os["Darwin"]) / len(by_os["Darwin"])) / (sum(by_os["WINNT"]) / len(by_os["WINNT"]))
+    assert 1.2 <= ratio <= 1.7, ratio
+    # Channel differences at baseline: nightly slower than release on GC_MS before the regression.
+    release = [_mean(d["histograms"]["GC_MS"]) for d in docs if d["info"]["appUpdateChannel"] == "release"]
+    assert sum(before) / len(before) > sum(release) / len(release)
+
+
+def test_effects_can_be_turned_off(tmp_path):
+    off = Scenario.from_dict({"effects": {"regression": False, "os_difference": {"enabled": False},
+                                          "malformed": None}})
+    fleet = Fleet(10, seed=1, scenario=off)
+    assert fleet.regression_build is None
+    assert fleet.describe()[-1] == "no effects are on"
+    assert all(s.malformed is None for s in fleet.submissions())
+
+
+# --------------------------------------------------------------------------- scenarios
+
+@pytest.mark.parametrize("content, key", [
+    ('{"dayz": 3}', "'dayz'"),
+    ('{"days": "3"}', "'days'"),
+    ('{"days": 0}', "'days'"),
+    ('{"channels": {"esr": 0.1}}', "'channels.esr'"),
+    ('{"channels": {"release": 0, "beta": 0, "aurora": 0, "nightly": 0}}', "'channels'"),
+    ('{"os": {"WINNT": -1}}', "'os.WINNT'"),
+    ('{"start_date": "2013-13-01"}', "'start_date'"),
+    ('{"effects": {"regresion": {}}}', "'effects.regresion'"),
+    ('{"effects": {"regression": {"factor": "big"}}}', "'effects.regression.factor'"),
+    ('{"effects": {"regression": {"metric": "NO_SUCH"}}}', "'effects.regression.metric'"),
+    ('{"effects": {"regression": {"build": "2013"}}}', "'effects.regression.build'"),
+    ('{"effects": {"os_difference": {"os": "BeOS"}}}', "'effects.os_difference.os'"),
+    ('{"effects": {"malformed": {"kinds": ["nope"]}}}', "'effects.malformed.kinds'"),
+    ('{"effects": {"malformed": {"fraction": 2}}}', "'effects.malformed.fraction'"),
+    ('{"effects": {"malformed": {"enabled": "no"}}}', "'effects.malformed.enabled'"),
+    ('[1, 2]', "(top level)"),
+    ('{"days": 3,', "not valid JSON"),
+])
+def test_bad_scenario_is_an_error_naming_the_key(tmp_path, content, key):
+    path = tmp_path / "s.json"
+    path.write_text(content)
+    with pytest.raises(ScenarioError, match=re.escape(key)):
+        Scenario.load(path)
+    result = CliRunner().invoke(main, ["simulate", "--scenario", str(path), "--describe"])
+    assert result.exit_code == 2
+    assert key in result.output and "Traceback" not in result.output
+
+
+def test_scenario_overrides_and_describe(tmp_path):
+    path = tmp_path / "s.json"
+    path.write_text('{"days": 4, "channels": {"nightly": 1, "release": 0}, '
+                    '"effects": {"regression": {"factor": 2, "build": "20130902030202"}, "malformed": false}}')
+    result = CliRunner().invoke(main, ["simulate", "--scenario", str(path), "--describe", "--pings", "50"])
+    assert result.exit_code == 0, result.output
+    assert "over 4 days" in result.output
+    assert "effect regression: GC_MS x2 on nightly from build 20130902030202 on" in result.output
+    assert "effect os_difference: CYCLE_COLLECTOR x1.5 on Darwin" in result.output
+    assert "malformed" not in result.output and "release" not in result.output.split("channels:")[1].split("\n")[0]
+    result = CliRunner().invoke(main, ["simulate", "--scenario", str(path), "--days", "2", "--describe"])
+    assert "over 2 days" in result.output
+
+
+def test_cli_usage_errors(tmp_path):
+    runner = CliRunner()
+    for args, message in [([], "give --raw-log DIR or --to URL"),
+                          (["--raw-log", str(tmp_path), "--to", "http://x"], "not both"),
+                          (["--to", "ftp://x"], "http:// or https://"),
+                          (["--scenario", str(tmp_path / "missing.json"), "--describe"], "cannot read scenario")]:
+        result = runner.invoke(main, ["simulate", *args])
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output
+
+
+# --------------------------------------------------------------------------- HTTP
+
+@pytest.fixture
+def receiver(tmp_path):
+    from receiver.config import ReceiverConfig
+    from receiver.service import start_receiver
+
+    config = ReceiverConfig(log_path=str(tmp_path / "received"), port=0, workers=1, include_request_ip=True,
+                            durability="os")
+    with start_receiver(config) as running:
+        yield running
+
+
+def test_http_stores_exactly_the_pings_sent(tmp_path, receiver):
+    result = CliRunner().invoke(main, ["simulate", "--pings", "120", "--seed", "6", "--to", receiver.url,
+                                       "--concurrency", "4"])
+    assert result.exit_code == 0, result.output
+    assert "sent 120 submissions" in result.output and "2xx 120, non-2xx none, failed 0" in result.output
+    receiver.stop()
+    stored = Counter((r.path, r.data, r.ip) for f in finished_files(receiver.log_path)
+                     for r in RawLogReader(f))
+    assert stored == Counter((s.path, s.body, s.client_ip) for s in Fleet(120, seed=6).submissions())
+
+
+def test_http_rate_limit(receiver):
+    from fleet.sender import SendConfig, send
+
+    summary = send(Fleet(12, seed=1).submissions(), SendConfig(receiver.url, concurrency=4, rate=40))
+    assert summary.ok and summary.accepted == 12
+    assert summary.seconds >= 11 / 40 * 0.9
+
+
+def test_http_non_2xx_is_counted_and_exits_non_zero(receiver):
+    # A prefix the receiver does not serve: every POST is answered 404, never retried.
+    result = CliRunner().invoke(main, ["simulate", "--pings", "5", "--to",
+                                                       receiver.url + "/wrong/prefix/"])
+    assert result.exit_code == 1
+    assert "2xx 0, non-2xx 5 x HTTP 404, failed 0, retries 0" in result.stdout
+    assert "HTTP 404" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stopped_receiver_is_a_clear_error_and_non_zero_exit(receiver):
+    url = receiver.url
+    receiver.stop()
+    result = CliRunner().invoke(
+        main, ["simulate", "--pings", "50", "--to", url, "--retries", "2"])
+    assert result.exit_code == 1
+    err = result.stderr.strip().splitlines()
+    assert any(line.startswith("stopped: no response from") and "after 3 attempts" in line for line in err)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert "failed" in result.stdout and "submissions not sent" in result.stderr
