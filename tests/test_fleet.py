@@ -311,3 +311,21 @@ def test_stopped_receiver_is_a_clear_error_and_non_zero_exit(receiver):
     assert any(line.startswith("stopped: no response from") and "after 3 attempts" in line for line in err)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert "failed" in result.stdout and "submissions not sent" in result.stderr
+
+
+def test_cli_histograms_then_process_converts_everything(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", "--pings", "30", "--seed", "3", "--raw-log", str(tmp_path / "raw"),
+                                  "--histograms", str(tmp_path / "hg"), "--scenario", str(_clean_file(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "4 Histograms.json revisions laid out" in result.output
+    result = runner.invoke(main, ["process", str(tmp_path / "raw"), "--output", str(tmp_path / "layout"),
+                                  "--histogram-cache", str(tmp_path / "hg"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "records: 30 read, 30 written, 0 rejected" in result.output
+
+
+def _clean_file(tmp_path: Path) -> Path:
+    path = tmp_path / "clean.json"
+    path.write_text('{"effects": {"malformed": false}}')
+    return path
