@@ -264,9 +264,17 @@ def gather_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return unique
 
 
-def unit_id(path: Path) -> str:
-    """A raw file's identity: a hash of its content (a renamed or copied file is the same unit)."""
+def unit_id(path: Path, error_file: bool = False) -> str:
+    """A raw file's identity: a hash of its content (a renamed or copied file is the same unit).
+
+    An error file given to ``--retry-errors`` also hashes its name (which holds
+    the unit id of the run that wrote it): when every record of a raw file was
+    rejected, the error file is byte-identical to its source, and must not be
+    taken for that source's unit, already done.
+    """
     h = hashlib.blake2b(digest_size=16)
+    if error_file:
+        h.update(b"error file\0" + f"{path.parent.name}/{path.name}".encode() + b"\0")
     try:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
@@ -499,7 +507,7 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
         drops, _ = dedup_drops(sources) if config.dedup else ({}, 0)
         units, seen = [], set()
         for p in sources:
-            unit = Unit(str(p), unit_id(p), drops.get(str(p), frozenset()))
+            unit = Unit(str(p), unit_id(p, str(p) in retried), drops.get(str(p), frozenset()))
             if unit.unit_id in seen:  # the same content twice in one run: convert it once
                 summary.add(UnitResult(unit.source, unit.unit_id, status="skipped"))
                 continue

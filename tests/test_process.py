@@ -387,3 +387,31 @@ def test_a_crash_after_the_commit_point_is_completed_by_the_rerun(config, variat
     assert summary.files_completed == 1 and summary.records_out == 30
     assert sorted(d for _, d, _ in _records(config.output)) == \
         sorted(r.path.split("/")[0] for r in read_records(variation_files[0]))
+
+
+def test_retry_of_a_file_whose_every_record_was_rejected_converts_it(config, tmp_path, hist_dir):
+    # The error file of a wholly rejected v2 raw file is byte-identical to its source; it
+    # must not be taken for the source's unit ("already done") and renamed unread.
+    raw = tmp_path / "all-missing.log"
+    with open(raw, "wb") as f:
+        for i in range(3):
+            f.write(encode_record(_path(f"norev-{i}"), _gz(_ping(rev=MISSING)), TS + i, ""))
+    first = process(config, [raw])
+    assert first.rejected == {"missing_revision": 3}
+    errors = Path(config.errors)
+    [err_file] = error_files(errors)
+    assert err_file.read_bytes() == raw.read_bytes()
+
+    # a retry while the cause is still there keeps the records for the next retry
+    again = process(config, [], retry_errors=errors)
+    assert (again.files_skipped, again.records_in) == (0, 3)
+    assert again.rejected == {"missing_revision": 3}
+    assert len(error_files(errors)) == 1
+
+    served = hist_dir / REPO / REV / "Histograms.json"
+    write_revision(hist_dir, REPO, MISSING, served.read_bytes())
+    fixed = process(config, [], retry_errors=errors)
+    assert (fixed.files_skipped, fixed.records_in, fixed.records_out) == (0, 3, 3)
+    assert sorted(doc_id for _, doc_id, _ in _records(config.output)) == [
+        "norev-0", "norev-1", "norev-2"]
+    assert error_files(errors) == []
