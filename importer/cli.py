@@ -255,7 +255,7 @@ def mongo_start(mongo_dir):
 def mongo_stop(mongo_dir):
     """Stop the embedded server."""
     config = mongo_config(None, mongo_dir)
-    server = stop_embedded(config.data_dir)
+    server = stop_embedded(config.data_dir, notify=lambda m: click.echo(m, err=True))
     click.echo(f"stopped pid {server.pid}" if server else "not running")
 
 
@@ -264,7 +264,7 @@ def mongo_stop(mongo_dir):
 def mongo_status(mongo_dir):
     """Say whether the embedded server runs (exit 0) or not (exit 1)."""
     config = mongo_config(None, mongo_dir)
-    server = embedded_status(config.data_dir)
+    server = embedded_status(config.data_dir, notify=lambda m: click.echo(m, err=True))
     if server is None:
         click.echo(f"not running (data dir {config.data_dir})")
         sys.exit(1)
