@@ -11,7 +11,13 @@ from pymongo.errors import PyMongoError
 
 from aggregations.compare import compare as compare_both
 from aggregations.formats import FORMATS, format_rows
-from aggregations.pipelines import PIPELINES, AggregationError, build_pipeline, run_custom
+from aggregations.pipelines import (
+    PIPELINES,
+    AggregationError,
+    build_pipeline,
+    check_custom,
+    run_custom,
+)
 from converter.schema import Schema, SchemaError
 from importer.cli import BadSetup, connect_url, mongo_config, mongo_options
 from importer.errors import MongoUnavailable
@@ -117,6 +123,10 @@ def aggregate(
             raise click.UsageError(f"pipeline file {pipeline_path} does not exist") from None
         except orjson.JSONDecodeError as e:
             raise click.UsageError(f"pipeline file {pipeline_path} is not JSON: {e}") from None
+        try:
+            check_custom(custom)
+        except AggregationError as e:
+            raise click.UsageError(f"pipeline file {pipeline_path}: {e}") from None
     else:
         try:
             pipeline, columns = build_pipeline(name, filter=filter, **_options(measure, by))
