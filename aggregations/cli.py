@@ -197,7 +197,10 @@ def compare(
     _load_schema(filter_path, "filter")
     _check_by(by, schema)
     if work_dir is not None:
-        work_dir.mkdir(parents=True, exist_ok=True)
+        if not work_dir.is_dir() and not work_dir.absolute().parent.is_dir():
+            raise BadSetup(f"--work-dir {work_dir}: directory {work_dir.absolute().parent} "
+                           f"does not exist")
+        work_dir.mkdir(exist_ok=True)
     client, coll = _collection(mongo_url, mongo_dir, database, collection)
     try:
         result = compare_both(

@@ -60,6 +60,18 @@ def mongo_options(f):
 
 
 def mongo_config(mongo_url: str | None, mongo_dir: Path | None) -> MongoConfig:
+    """The MongoDB to use; a ``--mongo-dir`` given must exist or be creatable in an existing one.
+
+    The default per-user directory is created with its parents; a directory
+    the user names is never created below a directory that does not exist
+    (a typo must not start a second server somewhere else).
+    """
+    if mongo_dir is not None and not mongo_url:
+        mongo_dir = mongo_dir.absolute()
+        if mongo_dir.exists() and not mongo_dir.is_dir():
+            raise BadSetup(f"--mongo-dir {mongo_dir} is not a directory")
+        if not mongo_dir.exists() and not mongo_dir.parent.is_dir():
+            raise BadSetup(f"--mongo-dir {mongo_dir}: directory {mongo_dir.parent} does not exist")
     return MongoConfig(url=mongo_url or None, data_dir=mongo_dir or default_data_dir(os.environ))
 
 
