@@ -17,6 +17,7 @@ import click
 from converter.schema import Schema, SchemaError
 from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.importer import (
+    DEFAULT_SCHEMA,
     ON_DUPLICATE,
     ChunkResult,
     ImportOptions,
@@ -84,6 +85,21 @@ def connect_url(config: MongoConfig) -> str:
         return resolve_url(config, notify=lambda m: click.echo(m, err=True))
     except ImporterError as e:
         raise BadSetup(str(e)) from None
+
+
+def check_filter_levels(filter: Schema, schema: Schema) -> None:
+    """A layout filter applies by position: each of its dimensions must be the schema's there.
+
+    Otherwise a misspelled or misplaced dimension silently filters another one.
+    """
+    for i, name in enumerate(filter.names):
+        expected = schema.names[i] if i < len(schema.names) else None
+        if name != expected:
+            raise BadSetup(
+                f"filter dimension {i + 1} is {name!r} but the schema's is "
+                f"{expected!r}: a filter lists the dimensions in schema order "
+                f"({', '.join(schema.names)})"
+            )
 
 
 @click.command("import")
@@ -172,6 +188,8 @@ def import_(
         filter = Schema.load(filter_path) if filter_path else None
     except SchemaError as e:
         raise BadSetup(str(e)) from None
+    if filter is not None:
+        check_filter_levels(filter, schema or Schema.load(DEFAULT_SCHEMA))
     url = connect_url(mongo_config(mongo_url, mongo_dir))
     options = ImportOptions(
         database=database,

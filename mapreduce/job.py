@@ -126,6 +126,23 @@ def _check(config: JobConfig) -> None:
         raise ConfigError(f"work dir {config.work_dir}: directory {work_parent} does not exist")
 
 
+def _warn_about_filter_levels(filter: Schema, log) -> None:
+    """A filter applies by position; say so when its names are not the packaged schema's.
+
+    Only a warning: a dataset may be laid out by another schema, which the job
+    does not know.
+    """
+    import converter
+
+    names = Schema.load(Path(converter.__file__).parent / "telemetry_schema.json").names
+    for i, name in enumerate(filter.names):
+        if i >= len(names) or name != names[i]:
+            log(f"warning: input filter dimension {i + 1} is {name!r}, but the packaged "
+                f"schema's is {names[i] if i < len(names) else None!r}; filters apply by "
+                f"position ({', '.join(names)})")
+            return
+
+
 def assign_files(files: Sequence[InputFile], mappers: int) -> list[list[InputFile]]:
     """Largest file first, each to the least-loaded mapper: groups of nearly equal size."""
     groups: list[list[InputFile]] = [[] for _ in range(mappers)]
@@ -179,6 +196,8 @@ def run_job(config: JobConfig, log=None) -> JobResult:
         filter = Schema.load(config.input_filter) if config.input_filter is not None else None
     except SchemaError as e:
         raise ConfigError(f"input filter: {e}") from None
+    if filter is not None:
+        _warn_about_filter_levels(filter, log)
     script = ScriptSource.read(config.job_script)
     load_script(script)  # a script that does not load fails here, before any process starts
     work_dir = Path(config.work_dir)

@@ -577,3 +577,16 @@ def test_every_frame_of_a_multi_frame_zstd_file_is_mapped(tmp_path, records):
                                 for i in range(0, 30, 7)))
     _, out = run(tmp_path, EXAMPLES / "record_count.py", data)
     assert out == "total\t30\n"
+
+
+def test_a_filter_whose_names_are_not_the_schemas_is_warned_about(tmp_path, fixtures_dir):
+    bad = tmp_path / "filter.json"
+    bad.write_text('{"dimensions": [{"field_name": "reason", "allowed_values": "*"},'
+                   ' {"field_name": "appUpdateChannel", "allowed_values": "*"}]}')
+    messages = []
+    output = tmp_path / "o.txt"
+    run_job(JobConfig(job_script=EXAMPLES / "os_distribution.py",
+                      data_dir=fixtures_dir / "converted", work_dir=tmp_path / "w",
+                      output=output, input_filter=bad, num_mappers=1), log=messages.append)
+    assert any("input filter dimension 2 is 'appUpdateChannel', but the packaged schema's is "
+               "'appName'" in m for m in messages)
