@@ -259,7 +259,7 @@ class Converter:
             reason = getattr(e, "reason", "missing_revision")
             if reason not in ("missing_revision", "missing_revision_repo"):
                 reason = "missing_revision"
-            raise RecordError(reason, str(e)) from None
+            raise RecordError(reason, str(e), getattr(e, "unavailable", None)) from None
         except HistogramError as e:
             raise RecordError("missing_revision", f"revision {revision}: {e}") from None
 

@@ -128,9 +128,10 @@ def start_embedded(
     started it (``telemetry mongo start``); tests keep it attached.  The port
     is chosen just before the start, so a lost race is retried on another one.
     """
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).absolute()  # the server runs in it: a relative path would nest
     data_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage_path or str(data_dir / "db")
+    storage = str(data_dir / "db") if not storage_path else (
+        storage_path if storage_path == MEMORY else str(Path(storage_path).absolute()))
     exe = server_executable()
     last_error = ""
     for _ in range(3):
@@ -243,7 +244,7 @@ def _is_server_command(command: list[str], port: int) -> bool:
 
 def ensure_embedded(config: MongoConfig) -> tuple[EmbeddedServer, bool]:
     """The embedded server of ``config.data_dir``, started if not running: ``(server, started)``."""
-    data_dir = Path(config.data_dir)
+    data_dir = Path(config.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir / LOCK_FILE):
         server = embedded_status(data_dir)

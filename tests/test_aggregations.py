@@ -340,3 +340,28 @@ def test_filter_with_an_operator_document_is_refused(tmp_path, imported, mongo_u
          "--mongo-url", mongo_url],
     )
     assert result.exit_code == 2 and "allowed_values must be" in result.output
+
+
+def test_unknown_dimension_or_name_is_an_error_listing_the_valid_ones(tmp_path, imported,
+                                                                      mongo_url):
+    db = imported.database.name
+    run = CliRunner().invoke
+    path = tmp_path / "filter.json"
+    path.write_bytes(orjson.dumps(
+        {"dimensions": [{"field_name": "appUpdatechannel", "allowed_values": "release"}]}))
+    result = run(aggregate, ["os_distribution", "--filter", str(path), "-d", db,
+                             "--mongo-url", mongo_url])
+    assert result.exit_code == 2
+    assert "unknown dimension 'appUpdatechannel' (did you mean 'appUpdateChannel'?)" in result.output
+    assert "reason, appName, appUpdateChannel" in result.output
+
+    result = run(aggregate, ["histogram", "--name", "GC_MSS", "-d", db, "--mongo-url", mongo_url])
+    assert result.exit_code == 2, result.output
+    assert "--name 'GC_MSS' is in none of the documents (did you mean 'GC_MS'?)" in result.output
+    result = run(aggregate, ["simple_measurement", "--name", "uptme", "-d", db,
+                             "--mongo-url", mongo_url])
+    assert result.exit_code == 2 and "(did you mean 'uptime'?)" in result.output
+
+    result = run(aggregate, ["os_distribution", "-d", db, "-c", "nothing_here",
+                             "--mongo-url", mongo_url])
+    assert result.exit_code == 0 and f"{db}.nothing_here is empty" in result.stderr

@@ -155,3 +155,27 @@ def test_stop_never_signals_a_process_that_is_not_our_server(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_mongo_dir_under_a_missing_directory_is_refused(tmp_path):
+    from importer.cli import import_
+
+    missing = tmp_path / "nonexistent" / "dir"
+    for command, args in ((mongo, ["start"]), (mongo, ["status"]), (import_, [str(tmp_path)])):
+        result = CliRunner().invoke(command, [*args, "--mongo-dir", str(missing)])
+        assert result.exit_code == 2, result.output
+        assert f"directory {missing.parent} does not exist" in result.output
+        assert not missing.parent.exists()
+
+
+def test_relative_mongo_dir_keeps_its_data_where_it_says(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke
+    try:
+        started = run(mongo, ["start", "--mongo-dir", "relmongo"])
+        assert started.exit_code == 0, started.output
+        assert f"data in {tmp_path / 'relmongo' / 'db'}" in started.output
+        assert (tmp_path / "relmongo" / "db").is_dir()
+        assert not (tmp_path / "relmongo" / "relmongo").exists()
+    finally:
+        run(mongo, ["stop", "--mongo-dir", "relmongo"])
