@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 
 from tornado import httputil
+from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, ResponseStartLine
 
 from receiver.config import ReceiverConfig
@@ -40,9 +42,35 @@ REASONS = {
     411: "Missing Content-Length",
     413: "Request Too Large",
     414: "Request-URI Too Long",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
     507: "Insufficient Storage",
 }
+
+# The request methods llhttp accepts in HTTP (not RTSP) mode; any other token
+# is a 400 on both front ends, so they answer alike.  Only GET, HEAD and POST
+# are served; the others get 405.
+KNOWN_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    "SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    "SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI".split())
+
+ALLOW = "GET, HEAD, POST"
+
+# Room for a query string (ignored, but clients send one, e.g. ``?v=4``) on
+# top of ``url_prefix`` + ``max_path_length`` before a request target is 414.
+MAX_QUERY_LENGTH = 1024
+# Largest Content-Length llhttp can represent; a larger one is a 400 on both front ends.
+MAX_CONTENT_LENGTH = (1 << 64) - 1
+# Visible ASCII only: a raw byte over 0x7f or a control byte in a target is a 400.
+_TARGET = re.compile(r"/[!-~]*")
+
+
+def header_limits(config: ReceiverConfig) -> tuple[int, int]:
+    """``(target_limit, head_limit)``: the longest request target and head (bytes)."""
+    target = len(config.url_prefix) + config.max_path_length + MAX_QUERY_LENGTH
+    return target, target + config.max_header_length + 64
 
 
 class ReceiverApp(httputil.HTTPServerConnectionDelegate):
@@ -56,20 +84,43 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
         self.stats_log = stats_log
         self.prefix = config.url_prefix
         self.in_flight = 0
+        self.target_limit, self.head_limit = header_limits(config)
         self._idle: asyncio.Event | None = None
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         return _Exchange(self, request_conn)
 
-    def classify(self, method: str, target: str, length: int | None) -> tuple[int, bool, object]:
+    def classify(self, method: str, target: str, length: int | None, *, version: str = "1.1",
+                 chunked: bool = False, upgrade: bool = False) -> tuple[int, bool, object]:
         """Decide a request from its head: ``(code, answer_now, detail)``.
 
         ``code`` 0 is a submission to store (``detail`` the raw path bytes);
         any other code is the answer (``detail`` names the GET endpoint).
         ``answer_now`` means: answer before the body and close the connection,
-        because the body is unbounded (no Content-Length) or over the limit.
+        because the body is unbounded (no Content-Length) or over the limit,
+        or because the request is one a correct parser may read differently
+        from a proxy in front of us (a smuggling attempt), so nothing after it
+        on the connection can be trusted.
         """
+        if version not in ("1.1", "1.0") or method not in KNOWN_METHODS:
+            return 400, True, None
+        if len(target) > self.target_limit:
+            return 414, True, None
+        if not _TARGET.fullmatch(target):  # absolute-form, "*", raw non-ASCII or control bytes
+            return 400, True, None
+        if chunked:
+            # Bodies must come with a length (the original answered 411 too);
+            # both framings at once is the classic smuggling request.
+            return (411 if length is None else 400), True, None
+        if upgrade:
+            # CONNECT or ``Connection: upgrade``: we do not switch protocols, and
+            # what follows the head is not HTTP/1.1, so answer and close.
+            if length:
+                return 400, True, None
+            code, _, detail = self.classify("GET" if method == "CONNECT" else method,
+                                            target, length, version=version)
+            return (405 if method == "CONNECT" else code), True, detail
         path = target.split("?", 1)[0]
         too_big = length is not None and length > self.config.max_data_length
         if method == "POST":
@@ -90,7 +141,7 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
                     return 400, False, None
                 return 0, False, raw
             return code, too_big or length is None, None
-        if method == "GET":
+        if method in ("GET", "HEAD"):  # HEAD: the same answer without its body
             if path == "/status":
                 return 200, too_big, "status"
             if path == "/metrics" and self.config.metrics:
@@ -156,23 +207,53 @@ def make_app(config: ReceiverConfig, writer: LogWriter, metrics: Metrics | None 
 
 
 def server_options(config: ReceiverConfig) -> dict:
-    """Keyword arguments for ``HTTPServer`` that match the app's limits."""
+    """Keyword arguments for ``HTTPServer`` that match the app's limits.
+
+    Tornado has one timeout for an idle keep-alive connection and for a slow
+    head, so it gets the shorter of ``header_timeout`` and
+    ``idle_connection_timeout`` for both.
+    """
     return dict(
         decompress_request=False,  # bodies are stored as received
-        idle_connection_timeout=config.idle_connection_timeout,
-        body_timeout=config.idle_connection_timeout,
+        idle_connection_timeout=min(config.header_timeout, config.idle_connection_timeout),
+        body_timeout=config.body_timeout,
         # The app answers 413 itself before reading; this only stops Tornado
         # from answering an over-long body with its own 400 first.
         max_body_size=1 << 40,
-        max_header_size=max(65536, config.max_path_length + len(config.url_prefix) + 16384),
+        # The app answers 431 up to twice the limit; Tornado closes the
+        # connection without an answer beyond that.
+        max_header_size=2 * header_limits(config)[1],
     )
+
+
+class TornadoServer(HTTPServer):
+    """Tornado's ``HTTPServer`` with a cap on open connections.
+
+    Over ``max_connections`` a new connection gets a 503 and is closed.
+    """
+
+    def __init__(self, app: ReceiverApp, **options):
+        super().__init__(app, **options)
+        self.max_connections = app.config.max_connections
+        self.app = app
+
+    def handle_stream(self, stream, address) -> None:
+        if len(self._connections) >= self.max_connections:
+            self.app.metrics.request(503)
+            stream.write(_CAPPED).add_done_callback(lambda f: stream.close())
+            return
+        super().handle_stream(stream, address)
+
+
+_CAPPED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Length: 19\r\nConnection: close\r\n\r\nService Unavailable")
 
 
 class _Exchange(httputil.HTTPMessageDelegate):
     """One request/response on a Tornado connection."""
 
     __slots__ = ("app", "conn", "t0", "uri", "code", "detail", "chunks", "size", "ip",
-                 "answered", "closed", "submitted")
+                 "answered", "closed", "submitted", "head", "keep_alive")
 
     def __init__(self, app: ReceiverApp, conn: httputil.HTTPConnection):
         self.app = app
@@ -182,6 +263,8 @@ class _Exchange(httputil.HTTPMessageDelegate):
         self.submitted = False
         self.chunks: list[bytes] = []
         self.size = 0
+        self.head = False
+        self.keep_alive = True
 
     def headers_received(self, start_line, headers: HTTPHeaders) -> None:
         app = self.app
@@ -189,18 +272,33 @@ class _Exchange(httputil.HTTPMessageDelegate):
         self.answered = False
         self.t0 = time.perf_counter()
         self.uri = start_line.path
-        cl = headers.get("Content-Length")
+        self.head = start_line.method == "HEAD"
+        # Decide keep-alive as llhttp does (Connection is a token list), so both
+        # front ends leave a connection open or closed on the same requests.
+        tokens = {t.strip().lower() for v in headers.get_list("Connection") for t in v.split(",")}
+        version = start_line.version[5:]
+        self.keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
+        size = sum(len(k) + len(v) + 4 for k, v in headers.get_all())
+        if size > app.config.max_header_length:
+            return self.respond(431, close=True)
+        lengths = headers.get_list("Content-Length")
         length = None
-        if cl is not None:
-            if not cl.strip().isdigit():
+        if lengths:
+            cl = lengths[0].strip(" \t")
+            if len(lengths) > 1 or not cl.isdigit() or not cl.isascii() \
+                    or int(cl) > MAX_CONTENT_LENGTH:
                 return self.respond(400, "Invalid Content-Length", close=True)
             length = int(cl)
-        self.code, early, self.detail = app.classify(start_line.method, self.uri, length)
+        upgrade = start_line.method == "CONNECT" or (
+            "Upgrade" in headers and "upgrade" in tokens)
+        self.code, early, self.detail = app.classify(
+            start_line.method, self.uri, length, version=version,
+            chunked="Transfer-Encoding" in headers, upgrade=upgrade)
         if early:
             return self.respond(self.code, close=True)
         if self.code == 0:
             peer = getattr(self.conn.context, "remote_ip", None)
-            self.ip = app.client_ip(headers.get("X-Forwarded-For"), peer)
+            self.ip = app.client_ip(",".join(headers.get_list("X-Forwarded-For")) or None, peer)
         return None
 
     def data_received(self, chunk: bytes) -> None:
@@ -243,10 +341,12 @@ class _Exchange(httputil.HTTPMessageDelegate):
             body = message.encode()
         if not self.closed:
             headers = HTTPHeaders({"Content-Type": content_type, "Content-Length": str(len(body))})
-            if close:
+            if close or not self.keep_alive:
                 headers["Connection"] = "close"
             if code == 405:
-                headers["Allow"] = "GET, POST"
+                headers["Allow"] = ALLOW
+            if self.head:
+                body = b""
             try:
                 self.conn.write_headers(ResponseStartLine("HTTP/1.1", code, message), headers, body)
                 self.conn.finish()

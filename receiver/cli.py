@@ -46,6 +46,13 @@ from receiver.replay import replay
               help="Seconds to let in-flight requests finish at shutdown.")
 @click.option("--idle-connection-timeout", type=float,
               help="Close connections idle this many seconds.")
+@click.option("--header-timeout", type=float,
+              help="Seconds a client gets to send a request's headers.")
+@click.option("--body-timeout", type=float,
+              help="Seconds a client gets to send a request's body.")
+@click.option("--max-header-length", type=int,
+              help="Largest header block in bytes, request line excluded (431 above).")
+@click.option("--max-connections", type=int, help="Open connections per worker.")
 @click.option("--stats-flush-ms", type=int, help="How often the stats log is written out.")
 @click.option("--hostname", help="Host name used in raw-log file names.")
 @click.option("--motd", help="Message printed at start-up.")

@@ -46,6 +46,10 @@ class ReceiverConfig:
     metrics: bool = True
     shutdown_timeout: float = 30.0
     idle_connection_timeout: float = 60.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_length: int = 16 * 1024
+    max_connections: int = 10000
     stats_flush_ms: int = 1000
     hostname: str | None = None
 
@@ -124,6 +128,10 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "metrics": (bool,),
     "shutdown_timeout": (int, float),
     "idle_connection_timeout": (int, float),
+    "header_timeout": (int, float),
+    "body_timeout": (int, float),
+    "max_header_length": (int,),
+    "max_connections": (int,),
     "stats_flush_ms": (int,),
     "hostname": (str, type(None)),
 }
@@ -138,7 +146,7 @@ def _validate(c: ReceiverConfig) -> None:
             names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"configuration key {f.name!r} must be {names}, got {value!r}")
     for name in ("max_data_length", "max_path_length", "max_log_age_ms", "max_log_size",
-                 "stats_flush_ms"):
+                 "stats_flush_ms", "max_header_length", "max_connections"):
         if getattr(c, name) <= 0:
             raise ConfigError(f"configuration key {name!r} must be positive, "
                               f"got {getattr(c, name)}")
@@ -166,6 +174,7 @@ def _validate(c: ReceiverConfig) -> None:
                           f"got {c.log_base!r}")
     if c.hostname is not None and (not c.hostname or "/" in c.hostname):
         raise ConfigError(f"configuration key 'hostname' must be a plain name, got {c.hostname!r}")
-    if c.shutdown_timeout <= 0 or c.idle_connection_timeout <= 0:
-        raise ConfigError("configuration keys 'shutdown_timeout' and 'idle_connection_timeout' "
-                          "must be positive")
+    for name in ("shutdown_timeout", "idle_connection_timeout", "header_timeout", "body_timeout"):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"configuration key {name!r} must be positive, "
+                              f"got {getattr(c, name)}")
