@@ -32,29 +32,13 @@ from collections import deque
 
 import httptools
 
-from receiver.app import ALLOW, REASONS, ReceiverApp
+from receiver.app import CANNED as _CANNED, REASONS, ReceiverApp, build_response as _response
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT = "text/plain; charset=utf-8"
 MAX_PIPELINE = 32  # waiting answers per connection before it stops being read
 
 IDLE, HEAD, BODY = 0, 1, 2  # where a connection is between/inside requests
-
-
-def _response(code: int, body: bytes, content_type: str, close: bool,
-              message: str | None = None, head: bool = False) -> bytes:
-    lines = [f"HTTP/1.1 {code} {message or REASONS[code]}",
-             f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-    if code == 405:
-        lines.append(f"Allow: {ALLOW}")
-    lines.append("Connection: close" if close else "Connection: keep-alive")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
-
-
-# Pre-built answers for every plain status, by (close, head) then code.
-_CANNED = {(close, head): {c: _response(c, m.encode(), _TEXT, close, head=head)
-                           for c, m in REASONS.items()}
-           for close in (False, True) for head in (False, True)}
 
 
 class _Stop(Exception):
