@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
 import time
 
 from tornado import httputil
 from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamClosedError
 from tornado.httputil import HTTPHeaders, ResponseStartLine
 
 from receiver.config import ReceiverConfig
@@ -129,8 +131,9 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
             return 400, True, None
         if chunked:
             # Bodies must come with a length (the original answered 411 too);
-            # both framings at once is the classic smuggling request.
-            return (411 if length is None else 400), True, None
+            # both framings at once is the classic smuggling request, and
+            # HTTP/1.0 has no transfer codings (RFC 9112 6.1).
+            return (411 if length is None and version == "1.1" else 400), True, None
         if upgrade:
             # CONNECT or ``Connection: upgrade``: we do not switch protocols, and
             # what follows the head is not HTTP/1.1, so answer and close.
@@ -267,6 +270,27 @@ _CAPPED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; chars
            b"Content-Length: 19\r\nConnection: close\r\n\r\nService Unavailable")
 
 
+LINGER_SECONDS = 2.0
+
+
+async def _linger(stream, payload: bytes) -> None:
+    """Answer, send FIN, and read (discarding) until the client closes or 2 s pass.
+
+    Closing while the client is still sending makes the kernel send a reset,
+    which can destroy the answer before the client reads it.
+    """
+    try:
+        await stream.write(payload)
+        stream.socket.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait_for(stream.read_bytes(65536, partial=True), left)
+    except (StreamClosedError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        stream.close()
+
+
 class _Exchange(httputil.HTTPMessageDelegate):
     """One request/response on a Tornado connection."""
 
@@ -285,6 +309,14 @@ class _Exchange(httputil.HTTPMessageDelegate):
         self.keep_alive = True
 
     def headers_received(self, start_line, headers: HTTPHeaders) -> None:
+        stream = getattr(self.conn, "stream", None)
+        if stream is None or stream.closed():
+            # Tornado reads requests left in its buffer after it closed the
+            # connection (behind a ``Connection: close``): nobody would get
+            # an answer, so nothing of them is stored.
+            self.closed = True
+            self.code = None
+            return None
         app = self.app
         app.in_flight += 1
         self.answered = False
@@ -312,6 +344,8 @@ class _Exchange(httputil.HTTPMessageDelegate):
         self.code, early, self.detail = app.classify(
             start_line.method, self.uri, length, version=version,
             chunked="Transfer-Encoding" in headers, upgrade=upgrade)
+        if len(headers.get_list("Transfer-Encoding")) > 1:  # llhttp refuses a repeated one
+            self.code, early = 400, True
         if early:
             return self.refuse(self.code)
         if self.code == 0:
@@ -328,7 +362,7 @@ class _Exchange(httputil.HTTPMessageDelegate):
         """
         self.answered = True
         stream = self.conn.detach()
-        stream.write(CANNED[True, self.head][code]).add_done_callback(lambda f: stream.close())
+        asyncio.get_running_loop().create_task(_linger(stream, CANNED[True, self.head][code]))
         self.app.account(self.uri, self.t0, code, self.size, REASONS[code])
 
     def data_received(self, chunk: bytes) -> None:

@@ -38,7 +38,8 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TEXT = "text/plain; charset=utf-8"
 MAX_PIPELINE = 32  # waiting answers per connection before it stops being read
 
-IDLE, HEAD, BODY = 0, 1, 2  # where a connection is between/inside requests
+IDLE, HEAD, BODY, LINGER = 0, 1, 2, 3  # between/inside requests, closing
+LINGER_SECONDS = 2.0  # a closing connection reads and discards for at most this long
 
 
 class _Stop(Exception):
@@ -71,6 +72,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.raw = 0                  # bytes received in the current head
         self.closing = False          # transport closed (or closing)
         self.stopped = False          # nothing more is parsed on this connection
+        self.eof = False              # the client half-closed
         self.paused = False
         self.queue: deque[_Answer] = deque()
         self._reset()
@@ -127,6 +129,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         # The client sent all it will: answer what is queued, then close.
+        self.eof = True
+        if self.state == LINGER:
+            return False
         self.stopped = True
         if self.started and self.state == BODY:
             self._abandon("Connection closed by client")
@@ -296,10 +301,27 @@ class HTTPProtocol(asyncio.Protocol):
         self.stopped = True
 
     def _close_now(self) -> None:
+        """Close after the last answer, lingering so that the answer is not lost.
+
+        Closing a socket whose peer is still sending makes the kernel answer
+        with a reset, which can destroy our answer before the client reads
+        it.  So we send FIN, keep reading (and discarding) until the client
+        closes too or ``LINGER_SECONDS`` pass, as nginx's lingering close does.
+        """
         self.stopped = True
-        if not self.closing:
-            self.closing = True
-            self.transport.close()
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if self.eof or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self.state, self.since = LINGER, time.monotonic()
 
     # --- housekeeping (FastServer's sweeper) ----------------------------------------
 
@@ -308,6 +330,8 @@ class HTTPProtocol(asyncio.Protocol):
         if self.queue:
             return False  # answers are being prepared: not the client's fault
         age = now - self.since
+        if self.state == LINGER:
+            return age > LINGER_SECONDS
         if self.state == IDLE:
             return age > front.idle_timeout or front.stopping
         if self.state == HEAD:
@@ -315,9 +339,11 @@ class HTTPProtocol(asyncio.Protocol):
         return age > front.body_timeout
 
     def close(self, reason: str = "Connection timed out") -> None:
+        """Close at once (timeouts, shutdown, the connection cap)."""
         if self.started and self.state == BODY:
             self._abandon(reason)
-        self._close_now()
+        self.stopped = self.closing = True
+        self.transport.close()
 
 
 class FastServer:
@@ -345,7 +371,7 @@ class FastServer:
     def admit(self, conn: HTTPProtocol) -> None:
         """Take a new connection; at the cap, drop the longest-idle one or refuse with 503."""
         if len(self.connections) >= self.max_connections:
-            idle = [c for c in self.connections if c.state == IDLE and not c.queue]
+            idle = [c for c in self.connections if c.state in (IDLE, LINGER) and not c.queue]
             if idle:
                 min(idle, key=lambda c: c.since).close()
             else:
