@@ -8,11 +8,13 @@ except for the differences docs/receiver.md documents.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 _spec = importlib.util.spec_from_file_location(
     "fuzz_http", Path(__file__).resolve().parent.parent / "bench" / "fuzz_http.py")
 fuzz_http = importlib.util.module_from_spec(_spec)
+sys.modules["fuzz_http"] = fuzz_http  # dataclasses look their module up there
 _spec.loader.exec_module(fuzz_http)
 
 
