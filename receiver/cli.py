@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import orjson
 
-from receiver.config import DURABILITY_MODES, HTTP_SERVERS, ReceiverConfig
+from receiver.config import DURABILITY_MODES, EVENT_LOOPS, HTTP_SERVERS, ReceiverConfig
 from receiver.errors import ConfigError, ReceiverError
 from receiver.rawlog import RawLogError, RawLogReader, ReadStats
 from receiver.replay import replay
@@ -33,6 +33,8 @@ from receiver.replay import replay
               help="fsync: 200 after fdatasync (default); os: after write().")
 @click.option("--http-server", type=click.Choice(HTTP_SERVERS),
               help="fast (default) or tornado front end.")
+@click.option("--event-loop", type=click.Choice(EVENT_LOOPS),
+              help="Event loop of the workers (default uvloop).")
 @click.option("--max-data-length", type=int, help="Largest body in bytes (413 above).")
 @click.option("--max-path-length", type=int, help="Longest path after the prefix (414 above).")
 @click.option("--max-log-size", type=int, help="Rotate a raw log past this many bytes.")

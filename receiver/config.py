@@ -20,6 +20,7 @@ from receiver.errors import ConfigError
 
 DURABILITY_MODES = ("fsync", "os")
 HTTP_SERVERS = ("fast", "tornado")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ReceiverConfig:
     workers: int = 0
     durability: str = "fsync"
     http_server: str = "fast"
+    event_loop: str = "uvloop"
     metrics: bool = True
     shutdown_timeout: float = 30.0
     idle_connection_timeout: float = 60.0
@@ -125,6 +127,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "workers": (int,),
     "durability": (str,),
     "http_server": (str,),
+    "event_loop": (str,),
     "metrics": (bool,),
     "shutdown_timeout": (int, float),
     "idle_connection_timeout": (int, float),
@@ -166,6 +169,9 @@ def _validate(c: ReceiverConfig) -> None:
         raise ConfigError("configuration key 'http_server' must be one of "
                           f"{', '.join(HTTP_SERVERS)}, "
                           f"got {c.http_server!r}")
+    if c.event_loop not in EVENT_LOOPS:
+        raise ConfigError("configuration key 'event_loop' must be one of "
+                          f"{', '.join(EVENT_LOOPS)}, got {c.event_loop!r}")
     if not (c.url_prefix.startswith("/") and c.url_prefix.endswith("/")):
         raise ConfigError("configuration key 'url_prefix' must start and end with '/', "
                           f"got {c.url_prefix!r}")

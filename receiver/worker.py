@@ -46,7 +46,17 @@ def run_worker(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots 
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
     _raise_open_files_limit(config.max_connections)
-    return asyncio.run(_serve(config, sock, shared, slot))
+    with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+        return runner.run(_serve(config, sock, shared, slot))
+
+
+def loop_factory(name: str):
+    """The event loop constructor for ``event_loop`` (uvloop: libuv, written in Cython)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
 
 
 def _raise_open_files_limit(connections: int) -> None:
