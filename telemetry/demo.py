@@ -186,8 +186,8 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
                       "mean_ms": round(r["sum"] / max(1, sum(r["buckets"])), 1),
                       "note": "<- regression from here" if r["appBuildID"] == result.regression_build else ""}
                      for r in result.build_rows]
-            echo(f"\nGC_MS on nightly per build (the fleet makes it 30% slower from "
-                 f"{result.regression_build} on):")
+            echo(f"\nGC_MS on nightly per build (the fleet makes it "
+                 f"{DEMO_SCENARIO.regression.factor - 1:.0%} slower from {result.regression_build} on):")
             echo(format_rows(shown, list(shown[0]) if shown else []))
     finally:
         if server is not None:
