@@ -132,6 +132,13 @@ def connect_url(config: MongoConfig) -> str:
     help="Import only files whose dimensions pass this filter.",
 )
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
+@click.option(
+    "--no-aggregates",
+    is_flag=True,
+    help="Do not update the aggregates (docs/aggregates.md) of the imported files.",
+)
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
 @mongo_options
 def import_(
     dataset,
@@ -148,6 +155,9 @@ def import_(
     schema_path,
     filter_path,
     no_indexes,
+    no_aggregates,
+    histogram_cache,
+    histogram_server,
     mongo_url,
     mongo_dir,
 ):
@@ -175,6 +185,7 @@ def import_(
         schema=schema,
         filter=filter,
         create_indexes=not no_indexes,
+        hook=None if no_aggregates else _aggregates_hook(histogram_cache, histogram_server),
     )
     bar = _progress_bar()
     try:
@@ -195,6 +206,14 @@ def import_(
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
     if not summary.ok:
         sys.exit(1)
+
+
+def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):
+    from aggregations.importing import NO_HISTOGRAMS_NOTICE, AggregatesHook
+
+    if not histogram_cache and not histogram_server:
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
+    return AggregatesHook(histogram_cache, histogram_server)
 
 
 class _progress_bar:
