@@ -282,8 +282,6 @@ def aggregates_rebuild(
         raise BadSetup(f"data directory {data_dir} does not exist")
     if work_dir is not None:
         work_dir.mkdir(parents=True, exist_ok=True)
-    if not histogram_cache and not histogram_server:
-        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     config = RebuildConfig(
         data_dir=data_dir,
         filter=filter_path,
@@ -309,6 +307,8 @@ def aggregates_rebuild(
     finally:
         client.close()
     click.echo(result.describe())
+    if result.stats.get("unknown_histogram") and not (histogram_cache or histogram_server):
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
 
 
 commands = [aggregate, compare, aggregates]

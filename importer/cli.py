@@ -204,15 +204,19 @@ def import_(
     if summary.files == 0:
         click.echo(f"no layout files under {dataset}", err=True)
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
+    if summary.hook_stats.get("aggregates_unknown_histogram") and not (
+        histogram_cache or histogram_server
+    ):
+        from aggregations.importing import NO_HISTOGRAMS_NOTICE
+
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     if not summary.ok:
         sys.exit(1)
 
 
 def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):
-    from aggregations.importing import NO_HISTOGRAMS_NOTICE, AggregatesHook
+    from aggregations.importing import AggregatesHook
 
-    if not histogram_cache and not histogram_server:
-        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     return AggregatesHook(histogram_cache, histogram_server)
 
 

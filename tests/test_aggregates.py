@@ -289,3 +289,34 @@ def test_sigkilled_rebuild_then_rerun_equals_a_clean_run(mongo_url, mongo_db, mo
         assert snapshot(mongo_db) == snapshot(clean)
     finally:
         mongo_client.drop_database(clean.name)
+
+
+def test_a_later_import_shows_in_the_api_within_max_age(mongo_url, mongo_db, cache, pings,
+                                                       tmp_path):
+    import requests
+
+    from dashboard.config import DashboardConfig
+    from dashboard.testing import ServiceThread
+
+    first, second = pings[:100], pings[100:]
+    ap.write_pings(tmp_path / "layout", first)
+    import_with_aggregates(mongo_url, mongo_db, tmp_path / "layout", cache)
+    dates = [b[:8] for b in ap.BUILDS]
+    path = ("/aggregates_by/build_id/channels/nightly/?version=45&dates=" + ",".join(dates)
+            + "&metric=AN_ENUM")
+    with ServiceThread(DashboardConfig(database=mongo_db.name, max_age=5), mongo_url) as s:
+        r = requests.get(s.url + path, timeout=30)
+        assert r.headers["Cache-Control"] == "public, max-age=5"
+        want = ap.expected(first, "build_id", "nightly", "45", dates, "AN_ENUM")
+        assert {(d["date"], d["label"]): [d["histogram"], d["sum"], d["count"]]
+                for d in r.json()["data"]} == want
+        etag = r.headers["Etag"]
+        ap.write_pings(tmp_path / "layout", second)
+        import_with_aggregates(mongo_url, mongo_db, tmp_path / "layout", cache)
+        # The server keeps no cache: the next request (a browser's, once max-age has passed,
+        # or a revalidation with the old ETag) sees the new data.
+        later = requests.get(s.url + path, headers={"If-None-Match": etag}, timeout=30)
+        assert later.status_code == 200
+        want = ap.expected(pings, "build_id", "nightly", "45", dates, "AN_ENUM")
+        assert {(d["date"], d["label"]): [d["histogram"], d["sum"], d["count"]]
+                for d in later.json()["data"]} == want
