@@ -29,6 +29,7 @@ COMMANDS = {
     "demo": "telemetry.demo",
     "aggregates": "aggregations.cli",
     "dashboard": "dashboard.cli",
+    "simulate": "fleet.cli",
 }
 
 
