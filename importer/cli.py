@@ -43,6 +43,30 @@ class BadSetup(click.ClickException):
     exit_code = 2
 
 
+_DATABASE_FORBIDDEN = set('/\\. "$*<>:|?\0')
+
+
+def database_name(ctx, param, value: str) -> str:
+    """A click callback: a MongoDB database name, checked before any server sees it."""
+    bad = sorted(set(value) & _DATABASE_FORBIDDEN)
+    if not value or bad or len(value.encode()) > 63:
+        raise click.BadParameter(
+            f"{value!r} is not a MongoDB database name (1-63 bytes, none of / \\ . space \" $ * < > : | ?)"
+        )
+    return value
+
+
+def collection_name(ctx, param, value: str) -> str:
+    """A click callback: a MongoDB collection name that is the user's to write and read."""
+    if not value or "$" in value or "\0" in value or value.startswith("."):
+        raise click.BadParameter(
+            f"{value!r} is not a MongoDB collection name (not empty, no '$', not starting with '.')"
+        )
+    if value.startswith("system."):
+        raise click.BadParameter(f"{value!r}: system.* collections are MongoDB's own")
+    return value
+
+
 def mongo_options(f):
     """``--mongo-url`` and ``--mongo-dir``, shared by every command that talks to MongoDB."""
     f = click.option(
@@ -104,8 +128,10 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
 
 @click.command("import")
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("-d", "--database", default="telemetry", show_default=True)
-@click.option("-c", "--collection", default="payloads", show_default=True)
+@click.option("-d", "--database", default="telemetry", show_default=True, callback=database_name)
+@click.option(
+    "-c", "--collection", default="payloads", show_default=True, callback=collection_name
+)
 @click.option("--drop", is_flag=True, help="Drop the collection and its import records first.")
 @click.option(
     "--workers",

@@ -392,3 +392,17 @@ def test_a_filter_naming_another_dimension_is_refused(tmp_path, fixtures_dir):
                                           "--mongo-url", "mongodb://127.0.0.1:1/"])
     assert result.exit_code == 2
     assert "filter dimension 2 is 'appname' but the schema's is 'appName'" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-d", "bad.db$x"], "is not a MongoDB database name"),
+    (["-c", ""], "is not a MongoDB collection name"),
+    (["-c", "system.foo"], "system.* collections are MongoDB's own"),
+])
+def test_bad_database_or_collection_names_are_usage_errors(tmp_path, args, message):
+    from aggregations.cli import aggregate
+
+    for command, first in ((import_, [str(tmp_path)]), (aggregate, ["os_distribution"])):
+        result = CliRunner().invoke(command, [*first, *args, "--mongo-url", "mongodb://127.0.0.1:1/"])
+        assert result.exit_code == 2 and message in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
