@@ -23,6 +23,7 @@ from importer.importer import (
     ImportOptions,
     default_workers,
     import_dataset,
+    parse_write_concern,
 )
 from importer.mongo import (
     MongoConfig,
@@ -111,6 +112,13 @@ def connect_url(config: MongoConfig) -> str:
         raise BadSetup(str(e)) from None
 
 
+def _write_concern(value: str) -> int | str:
+    try:
+        return parse_write_concern(value)
+    except ImporterError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def check_filter_levels(filter: Schema, schema: Schema) -> None:
     """A layout filter applies by position: each of its dimensions must be the schema's there.
 
@@ -164,6 +172,7 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
     default="1",
     show_default=True,
     help="w of every insert: a number or 'majority' (0 is accepted but loses error reports).",
+    callback=lambda ctx, param, value: _write_concern(value),
 )
 @click.option(
     "--on-duplicate",
@@ -208,7 +217,7 @@ def import_(
     """Load every layout file under DATASET into MongoDB, one document per record."""
     if not dataset.is_dir():
         raise BadSetup(f"dataset directory {dataset} does not exist")
-    wc: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+    wc = write_concern
     try:
         schema = Schema.load(schema_path) if schema_path else None
         filter = Schema.load(filter_path) if filter_path else None
