@@ -39,6 +39,8 @@ from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWr
 from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, finished_files
 
 DEFAULT_SCHEMA = Path(__file__).parent / "telemetry_schema.json"  # the original's schema
+# The levels each codec accepts: zstd's fast (negative) and normal ones, lzma's presets.
+COMPRESSION_LEVELS = {"zst": (-131072, 22), "lzma": (0, 9)}
 STATE_DIR = ".state"
 WORK_DIR = ".work"
 ERRORS_DIR = ".errors"
@@ -122,6 +124,11 @@ class ConverterConfig:
         if self.compression_preset is not None and type(self.compression_preset) is not int:
             raise ConfigError(f"compression_preset must be an integer, "
                               f"not {self.compression_preset!r}")
+        if self.compression_preset is not None:
+            low, high = COMPRESSION_LEVELS[CODEC_EXTENSIONS[self.codec]]
+            if not low <= self.compression_preset <= high:
+                raise ConfigError(f"compression_preset (--level) for {self.codec} must be "
+                                  f"{low}..{high}, not {self.compression_preset}")
         if self.heka_server is not None and HEKA_NOTICE not in self.notices:
             self.notices.append(HEKA_NOTICE)
         no_source = not self.histogram_cache and not self.histogram_server
