@@ -329,3 +329,45 @@ def _clean_file(tmp_path: Path) -> Path:
     path = tmp_path / "clean.json"
     path.write_text('{"effects": {"malformed": false}}')
     return path
+
+
+@pytest.fixture
+def flaky_server():
+    """A server that answers 503 to the first three POSTs, then 200; yields (url, paths seen)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, len(body)))
+            code = 503 if len(seen) <= 3 else 200
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_5xx_is_retried_with_backoff(flaky_server):
+    from fleet.sender import SendConfig, send
+
+    url, seen = flaky_server
+    subs = list(Fleet(4, seed=1, scenario=CLEAN).submissions())
+    summary = send(subs, SendConfig(url, concurrency=1, retries=3, backoff=0.05))
+    assert summary.ok and summary.accepted == 4 and summary.retries == 3
+    assert summary.seconds >= 0.05 * 0.9   # at least one backoff wait (others may overlap it)
+    assert len(seen) == 7 and {p for p, _ in seen} == {"/submit/telemetry/" + s.path for s in subs}
