@@ -371,3 +371,12 @@ def test_http_5xx_is_retried_with_backoff(flaky_server):
     assert summary.ok and summary.accepted == 4 and summary.retries == 3
     assert summary.seconds >= 0.05 * 0.9   # at least one backoff wait (others may overlap it)
     assert len(seen) == 7 and {p for p, _ in seen} == {"/submit/telemetry/" + s.path for s in subs}
+
+
+def test_a_submission_unpacks_as_four_fields():
+    scenario = replace(Scenario(), malformed=replace(Scenario().malformed, fraction=0.5))
+    subs = list(Fleet(10, seed=1, scenario=scenario).submissions())
+    for path, body, timestamp_ms, client_ip in subs:
+        assert body[:2] == b"\x1f\x8b" and isinstance(timestamp_ms, int) and path.count("/") == 5
+    kinds = [s.malformed for s in subs]
+    assert None in kinds and set(kinds) - {None} <= set(MALFORMED_REASON)
