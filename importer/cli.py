@@ -160,6 +160,13 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
     help="Import only files whose dimensions pass this filter.",
 )
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
+@click.option(
+    "--no-aggregates",
+    is_flag=True,
+    help="Do not update the aggregates (docs/aggregates.md) of the imported files.",
+)
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
 @mongo_options
 def import_(
     dataset,
@@ -176,6 +183,9 @@ def import_(
     schema_path,
     filter_path,
     no_indexes,
+    no_aggregates,
+    histogram_cache,
+    histogram_server,
     mongo_url,
     mongo_dir,
 ):
@@ -205,6 +215,7 @@ def import_(
         schema=schema,
         filter=filter,
         create_indexes=not no_indexes,
+        hook=None if no_aggregates else _aggregates_hook(histogram_cache, histogram_server),
     )
     bar = _progress_bar()
     try:
@@ -223,8 +234,20 @@ def import_(
     if summary.files == 0:
         click.echo(f"no layout files under {dataset}", err=True)
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
+    if summary.hook_stats.get("aggregates_unknown_histogram") and not (
+        histogram_cache or histogram_server
+    ):
+        from aggregations.importing import NO_HISTOGRAMS_NOTICE
+
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     if not summary.ok:
         sys.exit(1)
+
+
+def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):
+    from aggregations.importing import AggregatesHook
+
+    return AggregatesHook(histogram_cache, histogram_server)
 
 
 class _progress_bar:
