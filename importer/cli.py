@@ -132,6 +132,18 @@ def connect_url(config: MongoConfig) -> str:
     help="Import only files whose dimensions pass this filter.",
 )
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep running: import each published file as it appears (one process; "
+    "SIGTERM finishes the files in hand and exits 0; SIGUSR1 drains).",
+)
+@click.option("--drain", is_flag=True, help="With --follow: import every file there is, then exit.")
+@click.option(
+    "--status-file",
+    type=click.Path(dir_okay=False),
+    help="With --follow: where to write health and lag [default: DATASET/.state/import-status.json].",
+)
 @mongo_options
 def import_(
     dataset,
@@ -148,11 +160,21 @@ def import_(
     schema_path,
     filter_path,
     no_indexes,
+    follow,
+    drain,
+    status_file,
     mongo_url,
     mongo_dir,
 ):
     """Load every layout file under DATASET into MongoDB, one document per record."""
-    if not dataset.is_dir():
+    following = follow or drain
+    if following and drop:
+        raise click.UsageError("--drop does not go with --follow")
+    if status_file and not following:
+        raise click.UsageError("--status-file goes with --follow")
+    if following and dataset.exists() and not dataset.is_dir():
+        raise BadSetup(f"dataset {dataset} is not a directory")
+    if not dataset.is_dir() and not following:
         raise BadSetup(f"dataset directory {dataset} does not exist")
     wc: int | str = int(write_concern) if write_concern.isdigit() else write_concern
     try:
@@ -176,6 +198,9 @@ def import_(
         filter=filter,
         create_indexes=not no_indexes,
     )
+    if following:
+        _follow(dataset, url, options, drain, status_file)
+        return
     bar = _progress_bar()
     try:
         summary = import_dataset(dataset, url, options, progress=bar)
@@ -195,6 +220,31 @@ def import_(
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
     if not summary.ok:
         sys.exit(1)
+
+
+def _follow(dataset, url, options, drain, status_file):
+    import logging
+    import signal
+
+    from importer.follow import follow_dataset
+    from pipeline.watcher import Stop
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="importer[%(process)d] %(levelname)s %(message)s"
+    )
+    stop = Stop()
+    stop.on_signals()
+    signal.signal(signal.SIGUSR1, lambda *_: stop.drain())
+    if drain:
+        stop.drain()
+    click.echo(f"following {dataset} into {options.database}.{options.collection}", err=True)
+    try:
+        summary = follow_dataset(dataset, url, options, stop, status_file=status_file)
+    except MongoUnavailable as e:
+        raise BadSetup(str(e)) from None
+    except ImporterError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"imported into {options.database}.{options.collection}: {summary.describe()}")
 
 
 class _progress_bar:

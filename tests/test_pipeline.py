@@ -1,0 +1,191 @@
+"""``telemetry pipeline``: supervised stages, restarts, ordered drain, a ping from HTTP to MongoDB."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+
+from converter.revisions import write_revision
+from converter.variations import base_record, variations
+from pipeline.cli import status_lines
+from pipeline.config import PipelineConfig
+from pipeline.errors import PipelineConfigError
+from pipeline.health import pipeline_health, prometheus_text, read_status
+
+REPO = "releases/mozilla-release"
+REV = "a55c55edf302"
+TELEMETRY = str(Path(sys.executable).parent / "telemetry")
+
+
+def wait_for(predicate, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class RunningPipeline:
+    """``telemetry pipeline`` as a subprocess, its stdout and stderr collected by threads."""
+
+    def __init__(self, args: list[str]):
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self.threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out),
+                                         daemon=True),
+                        threading.Thread(target=self._read, args=(self.proc.stderr, self.err),
+                                         daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream, lines):
+        for line in stream:
+            lines.append(line.rstrip("\n"))
+
+    def url(self, name: str) -> str:
+        def found():
+            if self.proc.poll() is not None:
+                raise AssertionError("pipeline exited: " + "\n".join(self.err[-30:]))
+            for line in self.out:
+                m = re.match(rf"{name} at (http://\S+)", line)
+                if m:
+                    return m.group(1)
+        return wait_for(found, what=f"the {name} URL")
+
+    def stop(self, timeout: float = 120) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        for t in self.threads:
+            t.join(5)
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="module")
+def base(fixtures_dir):
+    return base_record(fixtures_dir / "raw" / "telemetry1.v1.log")
+
+
+@pytest.fixture
+def cache(tmp_path, fixtures_dir):
+    cache = tmp_path / "cache"
+    definitions = fixtures_dir / "histograms" / f"{REV}.Histograms.json"
+    write_revision(cache, REPO, REV, definitions.read_bytes())
+    return cache
+
+
+def post(url: str, records) -> list[str]:
+    """POST each record; the docIds the receiver acknowledged (200)."""
+    acked = []
+    with requests.Session() as s:
+        for rec in records:
+            r = s.post(f"{url}/submit/telemetry/{rec.path}", data=rec.data, timeout=30)
+            if r.status_code == 200:
+                acked.append(rec.path.split("/", 1)[0])
+    return acked
+
+
+def pipeline_args(data_dir: Path, mongo_url: str, db: str, cache: Path, *extra: str) -> list[str]:
+    return [TELEMETRY, "pipeline", "--data-dir", str(data_dir), "--port", "0",
+            "--dashboard-port", "0", "--mongo-url", mongo_url, "-d", db,
+            "--histogram-cache", str(cache), "--rotation-age-ms", "300", *extra]
+
+
+def test_config_refuses_unknown_and_owned_keys(tmp_path):
+    with pytest.raises(PipelineConfigError, match="unknown configuration key 'prot'"):
+        PipelineConfig.from_dict({"data_dir": "d", "prot": 1})
+    with pytest.raises(PipelineConfigError, match="log_path"):
+        PipelineConfig.from_dict({"data_dir": "d", "receiver": {"log_path": "x"}})
+    with pytest.raises(PipelineConfigError, match="rotation_age_ms"):
+        PipelineConfig.from_dict({"data_dir": "d", "rotation_age_ms": 0})
+    path = tmp_path / "pipeline.json"
+    path.write_bytes(orjson.dumps({"data_dir": "d", "port": 9000, "receiver": {"workers": 2}}))
+    config = PipelineConfig.load(path, {"port": 9001, "dashboard_port": None})
+    assert (config.port, config.dashboard_port, config.receiver) == (9001, 8000, {"workers": 2})
+    r = subprocess.run([TELEMETRY, "pipeline", "--config", str(path), "--port", "70000"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "port must be a port number" in r.stderr
+    r = subprocess.run([TELEMETRY, "pipeline"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--data-dir" in r.stderr
+
+
+def test_status_of_a_directory_without_a_pipeline(tmp_path):
+    health = pipeline_health(tmp_path)
+    assert health["supervisor_state"] == "absent"
+    assert not health["stages"]["converter"]["up"]
+    assert 'telemetry_pipeline_stage_up{stage="importer"} 0' in prometheus_text(health)
+    r = subprocess.run([TELEMETRY, "pipeline", "status", "--data-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "converter" in r.stdout and "NO" in r.stdout
+
+
+def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_url, mongo_db,
+                                                            cache, base):
+    data = tmp_path / "data"
+    run = RunningPipeline(pipeline_args(data, mongo_url, mongo_db.name, cache))
+    try:
+        url = run.url("receiver")
+        records = list(variations(base, 60, seed=7))
+        acked = post(url, records[:20])
+        wait_for(lambda: mongo_db.payloads.count_documents({}) == 20, what="the first pings")
+
+        # health while running: every stage up, no backlog
+        health = wait_for(lambda: (lambda h: h if all(s["up"] for s in h["stages"].values())
+                                   else None)(pipeline_health(data)), what="every stage up")
+        assert set(health["stages"]) >= {"receiver", "converter", "importer"}
+        status = subprocess.run([TELEMETRY, "pipeline", "status", "--data-dir", str(data)],
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stdout
+
+        # kill the converter and the importer: each is restarted and picks up where it was
+        supervisor = read_status(data / "pipeline" / "supervisor.json")
+        for stage in ("converter", "importer"):
+            os.kill(supervisor["stages"][stage]["pid"], signal.SIGKILL)
+        acked += post(url, records[20:40])
+        wait_for(lambda: all(read_status(data / "pipeline" / "supervisor.json")["stages"][s]
+                             ["restarts"] == 1 for s in ("converter", "importer")),
+                 what="both restarted")
+        wait_for(lambda: mongo_db.payloads.count_documents({}) == 40, what="pings after restart")
+        assert any("converter (pid" in line and "SIGKILL" in line and "restarting in" in line
+                   for line in run.err)
+
+        # the last ones are posted just before SIGTERM: the drain must carry them through
+        acked += post(url, records[40:])
+        assert run.stop() == 0, "\n".join(run.err[-40:])
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert len(acked) == 60
+    ids = sorted(d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1}))
+    assert ids == sorted(acked)
+    assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
+    order = [i for i, line in enumerate(run.err)
+             if re.search(r"pipeline: (receiver stopped|converter drained|importer drained)", line)]
+    said = [re.search(r"(receiver|converter|importer)", run.err[i]).group(1) for i in order]
+    assert said == ["receiver", "converter", "importer"], run.err
+    assert not [p for p in (data / "raw").iterdir() if not p.name.endswith(".finished")]
+    final = pipeline_health(data)
+    assert final["supervisor_state"] == "stopped"
+    assert final["stages"]["converter"]["backlog_files"] == 0
+    assert final["stages"]["importer"]["backlog_files"] == 0
+    assert any("stopped" in line for line in status_lines(final))
