@@ -145,10 +145,11 @@ def pipeline_health(data_dir: str | os.PathLike, now: float | None = None) -> di
         api["up"] = api.get("running", False)
         stages["api"] = api
     total = sum(s.get("lag_seconds") or 0.0 for s in stages.values())
+    state = supervisor.get("state", "absent")
+    if state not in ("absent", "stopped") and now - supervisor.get("updated_at", 0) > STALE_SECONDS:
+        state = "silent"  # its supervisor is gone without saying so (killed)
     return {"data_dir": str(data_dir), "supervisor_pid": supervisor.get("pid"),
-            "supervisor_state": supervisor.get("state", "absent")
-            if now - supervisor.get("updated_at", 0) <= STALE_SECONDS
-            or supervisor.get("state") == "stopped" else "silent",
+            "supervisor_state": state,
             "stages": stages, "lag_seconds": round(total, 3)}
 
 
