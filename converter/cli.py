@@ -92,7 +92,7 @@ def _follow(config, raw: tuple[str, ...], drain: bool, status_file: str | None):
     from pipeline.watcher import Stop
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="converter[%(process)d] %(levelname)s %(message)s")
+                        format="%(asctime)s converter[%(process)d] %(levelname)s %(message)s")
     stop = Stop()
     stop.on_signals()
     signal.signal(signal.SIGUSR1, lambda *_: stop.drain())

@@ -230,7 +230,7 @@ def _follow(dataset, url, options, drain, status_file):
     from pipeline.watcher import Stop
 
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="importer[%(process)d] %(levelname)s %(message)s"
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s importer[%(process)d] %(levelname)s %(message)s"
     )
     stop = Stop()
     stop.on_signals()
