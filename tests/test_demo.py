@@ -30,3 +30,23 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path):
     assert {r["appUpdateChannel"]: r["count"] for r in result.histogram_rows} == {
         k: v for k, v in gc_counts.items() if v}
     assert any("GC_MS summed per channel" in line for line in lines)
+
+
+def test_demo_serve_runs_the_live_pipeline_with_traffic(tmp_path, mongo_url):
+    import subprocess
+    import sys
+
+    import pymongo
+
+    r = subprocess.run([sys.executable, "-m", "telemetry.demo", "--serve", "--workdir",
+                        str(tmp_path / "demo"), "--rate", "20", "--seconds", "6",
+                        "--mongo-url", mongo_url],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "posting 20 simulated pings/s" in r.stdout
+    assert "converter" in r.stdout and "end-to-end lag" in r.stdout
+    acked = int(r.stdout.split("stopping: ", 1)[1].split(" pings", 1)[0])
+    assert acked > 0
+    with pymongo.MongoClient(mongo_url) as client:
+        assert client["telemetry"]["payloads"].count_documents({}) == acked
+        client.drop_database("telemetry")

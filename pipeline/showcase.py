@@ -1,0 +1,109 @@
+"""``./scripts/demo --serve``: the live pipeline with simulated traffic flowing through it.
+
+Starts ``telemetry pipeline`` on a data directory under the demo's work
+directory (the embedded MongoDB server, the fixture's Histograms.json as the
+histogram cache), posts simulated pings into its receiver at a steady rate,
+prints the dashboard's URL, and every few seconds the pipeline's status, so a
+newcomer sees the numbers move.  Ctrl-C (or ``seconds`` passing) stops the
+traffic and drains the pipeline.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from converter.revisions import write_revision
+from converter.variations import base_record
+from pipeline.cli import status_lines
+from pipeline.errors import PipelineError
+from pipeline.health import pipeline_health
+from pipeline.traffic import SteadyTraffic
+
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
+REPO, REV = "releases/mozilla-release", "a55c55edf302"
+
+
+def _free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve_demo(workdir: Path, rate: float = 20.0, seconds: float | None = None,
+               dashboard_port: int = 8000, mongo_url: str | None = None,
+               echo: Callable[[str], None] = print, status_every: float = 10.0) -> int:
+    """Run until Ctrl-C/SIGTERM or ``seconds``; returns the pipeline's exit code."""
+    definitions = FIXTURES / "histograms" / f"{REV}.Histograms.json"
+    fixture = FIXTURES / "raw" / "telemetry1.v1.log"
+    if not definitions.exists() or not fixture.exists():
+        raise PipelineError(f"the repository's fixtures are missing under {FIXTURES}")
+    data_dir = (workdir / "live").absolute()
+    cache = workdir.absolute() / "histograms"
+    write_revision(cache, REPO, REV, definitions.read_bytes())
+    if not _free(dashboard_port):
+        echo(f"port {dashboard_port} is busy; the dashboard gets a free one")
+        dashboard_port = 0
+    cmd = [sys.executable, "-m", "telemetry", "pipeline", "--data-dir", str(data_dir),
+           "--port", "0", "--dashboard-port", str(dashboard_port),
+           "--histogram-cache", str(cache)]
+    if mongo_url:
+        cmd += ["--mongo-url", mongo_url]
+    log_path = workdir / "pipeline.log"
+    echo(f"starting the pipeline in {data_dir} (stage output in {log_path})")
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
+                                start_new_session=True)
+    urls: dict[str, str] = {}
+    for line in proc.stdout:
+        m = re.match(r"(\w+) at (http://\S+)", line)
+        if m:
+            urls[m.group(1)] = m.group(2)
+        if line.startswith("pipeline ready"):
+            break
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
+    if "receiver" not in urls:
+        proc.wait()
+        raise PipelineError(f"the pipeline did not start; see {log_path}")
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    traffic = SteadyTraffic(urls["receiver"], base_record(fixture), rate=rate,
+                            batch_size=max(1, int(rate)), connections=4).start()
+    if "api" in urls:
+        echo(f"dashboard: {urls['api']}/   (metrics: {urls['api']}/metrics)")
+    else:
+        echo("no dashboard in this installation (telemetry dashboard); "
+             "watch the stages below or with `telemetry pipeline status`")
+    echo(f"posting {rate:g} simulated pings/s into {urls['receiver']}; Ctrl-C stops and drains")
+    started = time.monotonic()
+    if seconds is not None:
+        status_every = min(status_every, seconds)
+    try:
+        while not stop.wait(status_every):
+            if proc.poll() is not None:
+                break
+            echo(f"-- {traffic.acked} pings acknowledged so far")
+            for line in status_lines(pipeline_health(data_dir)):
+                echo(line)
+            if seconds is not None and time.monotonic() - started >= seconds:
+                break
+    finally:
+        traffic.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+        echo(f"stopping: {traffic.acked} pings acknowledged; draining the pipeline")
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait()
+    echo(f"pipeline exited with code {code}; everything is under {data_dir}")
+    return code
