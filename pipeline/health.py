@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -193,3 +193,8 @@ def prometheus_text(health: dict[str, Any]) -> str:
             lines.append(f'telemetry_pipeline_stage_units_total{{stage="{name}"}} '
                          f'{s["units_done"]}')
     return "\n".join(lines) + "\n"
+
+
+def metrics_source(data_dir: str | os.PathLike) -> Callable[[], str]:
+    """For an HTTP server's ``/metrics``: the pipeline's lines, read afresh on every call."""
+    return lambda: prometheus_text(pipeline_health(data_dir))

@@ -295,3 +295,47 @@ def test_import_follow_resumes_after_a_signal_with_exact_counts(tmp_path, mongo_
     assert proc.returncode == 0, err
     assert sorted(d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})) == sorted(ids)
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
+
+
+def test_process_follow_with_worker_processes(config, tmp_path, base):
+    raw = RawDrop(tmp_path / "raw", base)
+    for _ in range(4):
+        raw.add(4)
+    config.workers = 2
+    stop = Stop()
+    stop.drain()
+    summary = follow(config, [raw.directory], stop)
+    assert summary.files == 4 and summary.records_out == 16
+    assert layout_ids(Path(config.storage_path)) == Counter(raw.doc_ids)
+
+
+def test_import_follow_keeps_a_bad_file_waiting_and_imports_the_rest(tmp_path, mongo_url,
+                                                                     mongo_db):
+    layout = tmp_path / "layout"
+    ids = publish(layout, 20, seed=3)
+    bad = layout / ("saved_session/Firefox/release/23.0.1/x.20131101.v2.log." + "ab" * 16 + ".zst")
+    bad.parent.mkdir(parents=True, exist_ok=True)
+    bad.write_bytes(b"not zstd at all")
+    stop = Stop()
+    status_file = layout / ".state" / "import-status.json"
+    thread = threading.Thread(target=follow_dataset,
+                              args=(layout, mongo_url, ImportOptions(database=mongo_db.name), stop))
+    thread.start()
+    try:
+        wait_for(lambda: mongo_db.payloads.count_documents({}) == 20, what="the good files")
+        status = wait_for(lambda: (lambda s: s if s and s.get("errors") else None)(
+            read_status(status_file)), what="the error reported")
+        assert status["backlog_files"] == 1 and bad.name in status["last_error"]
+        assert stage_view(status)["lag_seconds"] > 0
+    finally:
+        stop.set()
+        thread.join(60)
+    assert sorted(d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})) == sorted(ids)
+    assert read_status(status_file)["backlog_files"] == 1  # still waiting, never dropped
+
+
+def test_import_follow_without_a_server_says_so(tmp_path):
+    r = subprocess.run([TELEMETRY, "import", "--follow", str(tmp_path / "layout"),
+                        "--mongo-url", "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=500"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr

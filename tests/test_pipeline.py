@@ -97,11 +97,16 @@ def cache(tmp_path, fixtures_dir):
 def post(url: str, records) -> list[str]:
     """POST each record; the docIds the receiver acknowledged (200)."""
     acked = []
-    with requests.Session() as s:
-        for rec in records:
-            r = s.post(f"{url}/submit/telemetry/{rec.path}", data=rec.data, timeout=30)
+    for rec in records:
+        for _ in range(50):  # a client retries while a receiver is being restarted
+            try:
+                r = requests.post(f"{url}/submit/telemetry/{rec.path}", data=rec.data, timeout=30)
+            except requests.ConnectionError:
+                time.sleep(0.2)
+                continue
             if r.status_code == 200:
                 acked.append(rec.path.split("/", 1)[0])
+            break
     return acked
 
 
@@ -169,8 +174,15 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
         assert any("converter (pid" in line and "SIGKILL" in line and "restarting in" in line
                    for line in run.err)
 
+        # kill the receiver: restarted on the same port, its acknowledged pings kept
+        os.kill(read_status(data / "pipeline" / "supervisor.json")["stages"]["receiver"]["pid"],
+                signal.SIGKILL)
+        wait_for(lambda: read_status(data / "pipeline" / "supervisor.json")["stages"]["receiver"]
+                 ["restarts"] == 1, what="the receiver restarted")
+        acked += post(url, records[40:50])
+
         # the last ones are posted just before SIGTERM: the drain must carry them through
-        acked += post(url, records[40:])
+        acked += post(url, records[50:])
         assert run.stop() == 0, "\n".join(run.err[-40:])
     finally:
         if run.proc.poll() is None:
