@@ -120,7 +120,7 @@ class Pipeline:
                                "--output", str(self.dirs.layout),
                                "--workers", str(c.converter_workers))
         if c.histogram_cache:
-            argv += ["--histogram-cache", c.histogram_cache]
+            argv += ["--histogram-cache", str(Path(c.histogram_cache).absolute())]
         if c.histogram_server:
             argv += ["--histogram-server", c.histogram_server]
         return argv + (["--drain"] if drain else [])
@@ -142,7 +142,7 @@ class Pipeline:
         """Histogram options for a command that takes them (the importer, once it aggregates)."""
         argv = []
         if _has_option(command, "--histogram-cache") and self.config.histogram_cache:
-            argv += ["--histogram-cache", self.config.histogram_cache]
+            argv += ["--histogram-cache", str(Path(self.config.histogram_cache).absolute())]
         if _has_option(command, "--histogram-server") and self.config.histogram_server:
             argv += ["--histogram-server", self.config.histogram_server]
         return argv
@@ -242,7 +242,7 @@ class Pipeline:
         stage.url_seen.clear()
         stage.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, bufsize=1, env=env, cwd=self.dirs.root, start_new_session=True,
+            text=True, bufsize=1, env=env, start_new_session=True,
             preexec_fn=functools.partial(_die_with_parent, os.getpid()))
         stage.started_at = time.monotonic()
         stage.restart_at = None
