@@ -26,11 +26,7 @@ floor, and against the target (p95 <= rotation age + 5 s, 0 lost).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,6 +41,8 @@ import requests  # noqa: E402
 
 from converter.revisions import write_revision  # noqa: E402
 from converter.variations import base_record  # noqa: E402
+from pipeline.errors import PipelineError  # noqa: E402
+from pipeline.service import start_pipeline  # noqa: E402
 from pipeline.traffic import Batch, SteadyTraffic  # noqa: E402
 from pipeline.watcher import DirectoryWatcher, Stop  # noqa: E402
 from receiver.rawlog import RawLogReader  # noqa: E402
@@ -132,30 +130,22 @@ def main() -> int:
     cache = data_dir / "histograms"
     write_revision(cache, REPO, REV, (FIXTURES / "histograms" / f"{REV}.Histograms.json").read_bytes())
     database = "freshness"
-    cmd = [sys.executable, "-m", "telemetry", "pipeline", "--data-dir", str(data_dir),
-           "--port", "0", "--dashboard-port", "0", "-d", database,
-           "--histogram-cache", str(cache), "--rotation-age-ms", str(args.rotation_age_ms)]
+    pipeline_args = ["--data-dir", str(data_dir), "--port", "0", "--dashboard-port", "0",
+                     "-d", database, "--histogram-cache", str(cache),
+                     "--rotation-age-ms", str(args.rotation_age_ms)]
     if args.mongo_url:
-        cmd += ["--mongo-url", args.mongo_url]
-    log = open(data_dir / "pipeline.log", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-    urls: dict[str, str] = {}
-    for line in proc.stdout:
-        m = re.match(r"(\w+) at (http://\S+)", line)
-        if m:
-            urls[m.group(1)] = m.group(2)
-        if line.startswith("pipeline ready"):
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    if "receiver" not in urls:
-        print(f"the pipeline did not start; see {data_dir / 'pipeline.log'}", file=sys.stderr)
-        proc.kill()
-        return 1
+        pipeline_args += ["--mongo-url", args.mongo_url]
+    with open(data_dir / "pipeline.log", "w") as log:
+        try:
+            running = start_pipeline(pipeline_args, stderr=log)
+        except PipelineError as e:
+            print(f"{e}; see {data_dir / 'pipeline.log'}", file=sys.stderr)
+            return 1
+    urls = running.urls
     if args.visible == "api" and "api" not in urls:
         print("no API server in this installation (telemetry dashboard); use --visible mongo",
               file=sys.stderr)
-        proc.send_signal(signal.SIGTERM)
-        proc.wait()
+        running.stop()
         return 1
     mongo_url = args.mongo_url or _embedded_url(data_dir)
     finished = FinishedWatch(data_dir / "raw").start()
@@ -185,8 +175,7 @@ def main() -> int:
             time.sleep(0.1)
     finally:
         traffic.stop()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(600)
+        code = running.stop()
         finished.stop.set()
     batches = traffic.batches
     delays = [visible_at[b.number] - b.first_post for b in batches if b.number in visible_at]

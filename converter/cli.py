@@ -93,11 +93,7 @@ def _follow(config, raw: tuple[str, ...], drain: bool, status_file: str | None):
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s converter[%(process)d] %(levelname)s %(message)s")
-    stop = Stop()
-    stop.on_signals()
-    signal.signal(signal.SIGUSR1, lambda *_: stop.drain())
-    if drain:
-        stop.drain()
+    stop = Stop.on_signals(drain)
     click.echo(f"following {', '.join(raw)} into {config.output}", err=True)
     return follow(config, raw, stop, status_file=status_file)
 

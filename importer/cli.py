@@ -224,7 +224,6 @@ def import_(
 
 def _follow(dataset, url, options, drain, status_file):
     import logging
-    import signal
 
     from importer.follow import follow_dataset
     from pipeline.watcher import Stop
@@ -232,11 +231,7 @@ def _follow(dataset, url, options, drain, status_file):
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s importer[%(process)d] %(levelname)s %(message)s"
     )
-    stop = Stop()
-    stop.on_signals()
-    signal.signal(signal.SIGUSR1, lambda *_: stop.drain())
-    if drain:
-        stop.drain()
+    stop = Stop.on_signals(drain)
     click.echo(f"following {dataset} into {options.database}.{options.collection}", err=True)
     try:
         summary = follow_dataset(dataset, url, options, stop, status_file=status_file)

@@ -10,11 +10,8 @@ traffic and drains the pipeline.
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +22,7 @@ from converter.variations import base_record
 from pipeline.cli import status_lines
 from pipeline.errors import PipelineError
 from pipeline.health import pipeline_health
+from pipeline.service import start_pipeline
 from pipeline.traffic import SteadyTraffic
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
@@ -54,27 +52,15 @@ def serve_demo(workdir: Path, rate: float = 20.0, seconds: float | None = None,
     if not _free(dashboard_port):
         echo(f"port {dashboard_port} is busy; the dashboard gets a free one")
         dashboard_port = 0
-    cmd = [sys.executable, "-m", "telemetry", "pipeline", "--data-dir", str(data_dir),
-           "--port", "0", "--dashboard-port", str(dashboard_port),
-           "--histogram-cache", str(cache)]
+    args = ["--data-dir", str(data_dir), "--port", "0", "--dashboard-port", str(dashboard_port),
+            "--histogram-cache", str(cache)]
     if mongo_url:
-        cmd += ["--mongo-url", mongo_url]
+        args += ["--mongo-url", mongo_url]
     log_path = workdir / "pipeline.log"
     echo(f"starting the pipeline in {data_dir} (stage output in {log_path})")
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                                start_new_session=True)
-    urls: dict[str, str] = {}
-    for line in proc.stdout:
-        m = re.match(r"(\w+) at (http://\S+)", line)
-        if m:
-            urls[m.group(1)] = m.group(2)
-        if line.startswith("pipeline ready"):
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    if "receiver" not in urls:
-        proc.wait()
-        raise PipelineError(f"the pipeline did not start; see {log_path}")
+        running = start_pipeline(args, stderr=log, new_session=True)
+    urls = running.urls
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     traffic = SteadyTraffic(urls["receiver"], base_record(fixture), rate=rate,
@@ -90,7 +76,7 @@ def serve_demo(workdir: Path, rate: float = 20.0, seconds: float | None = None,
         status_every = min(status_every, seconds)
     try:
         while not stop.wait(status_every):
-            if proc.poll() is not None:
+            if running.process.poll() is not None:
                 break
             echo(f"-- {traffic.acked} pings acknowledged so far")
             for line in status_lines(pipeline_health(data_dir)):
@@ -102,8 +88,6 @@ def serve_demo(workdir: Path, rate: float = 20.0, seconds: float | None = None,
         for s, h in old.items():
             signal.signal(s, h)
         echo(f"stopping: {traffic.acked} pings acknowledged; draining the pipeline")
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        code = proc.wait()
+        code = running.stop(timeout=None)
     echo(f"pipeline exited with code {code}; everything is under {data_dir}")
     return code

@@ -74,10 +74,19 @@ class Stop:
         except (BlockingIOError, OSError):
             pass
 
-    def on_signals(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
-        """Make these signals request a stop (main thread only)."""
-        for sig in signals:
-            signal.signal(sig, lambda *_: self.set())
+    @classmethod
+    def on_signals(cls, drain: bool = False) -> "Stop":
+        """A following stage's stop: SIGTERM and SIGINT stop it, SIGUSR1 drains (main thread only).
+
+        ``drain`` asks for a drain from the start (``--drain``).
+        """
+        stop = cls()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        signal.signal(signal.SIGUSR1, lambda *_: stop.drain())
+        if drain:
+            stop.drain()
+        return stop
 
     def close(self) -> None:
         for fd in (self._r, self._w):

@@ -23,21 +23,12 @@ from importer.follow import follow_dataset
 from importer.importer import ImportOptions
 from pipeline.health import read_status, stage_view
 from pipeline.watcher import DirectoryWatcher, Stop
+from waiting import wait_for
 from receiver.rawlog import encode_record
 
 REPO = "releases/mozilla-release"
 REV = "a55c55edf302"
 TELEMETRY = str(Path(sys.executable).parent / "telemetry")
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -21,64 +20,12 @@ from pipeline.cli import status_lines
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineConfigError
 from pipeline.health import pipeline_health, prometheus_text, read_status
+from pipeline.service import start_pipeline
+from waiting import wait_for
 
 REPO = "releases/mozilla-release"
 REV = "a55c55edf302"
 TELEMETRY = str(Path(sys.executable).parent / "telemetry")
-
-
-def wait_for(predicate, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-class RunningPipeline:
-    """``telemetry pipeline`` as a subprocess, its stdout and stderr collected by threads."""
-
-    def __init__(self, args: list[str]):
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, bufsize=1)
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self.threads = [threading.Thread(target=self._read, args=(self.proc.stdout, self.out),
-                                         daemon=True),
-                        threading.Thread(target=self._read, args=(self.proc.stderr, self.err),
-                                         daemon=True)]
-        for t in self.threads:
-            t.start()
-
-    @staticmethod
-    def _read(stream, lines):
-        for line in stream:
-            lines.append(line.rstrip("\n"))
-
-    def url(self, name: str) -> str:
-        def found():
-            if self.proc.poll() is not None:
-                raise AssertionError("pipeline exited: " + "\n".join(self.err[-30:]))
-            for line in self.out:
-                m = re.match(rf"{name} at (http://\S+)", line)
-                if m:
-                    return m.group(1)
-        return wait_for(found, what=f"the {name} URL")
-
-    def stop(self, timeout: float = 120) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise
-        for t in self.threads:
-            t.join(5)
-        return self.proc.returncode
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +58,7 @@ def post(url: str, records) -> list[str]:
 
 
 def pipeline_args(data_dir: Path, mongo_url: str, db: str, cache: Path, *extra: str) -> list[str]:
-    return [TELEMETRY, "pipeline", "--data-dir", str(data_dir), "--port", "0",
+    return ["--data-dir", str(data_dir), "--port", "0",
             "--dashboard-port", "0", "--mongo-url", mongo_url, "-d", db,
             "--histogram-cache", str(cache), "--rotation-age-ms", "300", *extra]
 
@@ -147,9 +94,9 @@ def test_status_of_a_directory_without_a_pipeline(tmp_path):
 def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_url, mongo_db,
                                                             cache, base):
     data = tmp_path / "data"
-    run = RunningPipeline(pipeline_args(data, mongo_url, mongo_db.name, cache))
+    run = start_pipeline(pipeline_args(data, mongo_url, mongo_db.name, cache))
     try:
-        url = run.url("receiver")
+        url = run.receiver_url
         records = list(variations(base, 60, seed=7))
         acked = post(url, records[:20])
         wait_for(lambda: mongo_db.payloads.count_documents({}) == 20, what="the first pings")
@@ -172,7 +119,7 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
                  what="both restarted")
         wait_for(lambda: mongo_db.payloads.count_documents({}) == 40, what="pings after restart")
         assert any("converter (pid" in line and "SIGKILL" in line and "restarting in" in line
-                   for line in run.err)
+                   for line in run.err_lines)
 
         # kill the receiver: restarted on the same port, its acknowledged pings kept
         os.kill(read_status(data / "pipeline" / "supervisor.json")["stages"]["receiver"]["pid"],
@@ -183,18 +130,18 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
 
         # the last ones are posted just before SIGTERM: the drain must carry them through
         acked += post(url, records[50:])
-        assert run.stop() == 0, "\n".join(run.err[-40:])
+        assert run.stop() == 0, "\n".join(run.err_lines[-40:])
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+        if run.process.poll() is None:
+            run.process.kill()
     assert len(acked) == 60
     ids = sorted(d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1}))
     assert ids == sorted(acked)
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
-    order = [i for i, line in enumerate(run.err)
+    order = [i for i, line in enumerate(run.err_lines)
              if re.search(r"pipeline: (receiver stopped|converter drained|importer drained)", line)]
-    said = [re.search(r"(receiver|converter|importer)", run.err[i]).group(1) for i in order]
-    assert said == ["receiver", "converter", "importer"], run.err
+    said = [re.search(r"(receiver|converter|importer)", run.err_lines[i]).group(1) for i in order]
+    assert said == ["receiver", "converter", "importer"], run.err_lines
     assert not [p for p in (data / "raw").iterdir() if not p.name.endswith(".finished")]
     final = pipeline_health(data)
     assert final["supervisor_state"] == "stopped"
