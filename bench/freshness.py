@@ -20,7 +20,7 @@ downstream stage can beat; the figure is the end-to-end p95 against that
 floor, and against the target (p95 <= rotation age + 5 s, 0 lost).
 
     bench/freshness.py [--rate 200] [--seconds 60] [--rotation-age-ms 5000] [--batch 50]
-                       [--visible mongo|api] [--mongo-url URI] [--keep DIR]
+                       [--visible mongo|api] [--mongo-url URI] [--config pipeline.json] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -121,6 +121,7 @@ def main() -> int:
     ap.add_argument("--rotation-age-ms", type=int, default=5000)
     ap.add_argument("--visible", choices=("mongo", "api"), default="mongo")
     ap.add_argument("--mongo-url", help="a MongoDB of your own (default: the embedded server)")
+    ap.add_argument("--config", type=Path, help="a pipeline.json for the pipeline (workers, ...)")
     ap.add_argument("--keep", type=Path, help="use this data directory and keep it")
     ap.add_argument("--settle", type=float, default=60.0,
                     help="seconds to wait after the last POST for the last batches")
@@ -135,6 +136,8 @@ def main() -> int:
                      "--rotation-age-ms", str(args.rotation_age_ms)]
     if args.mongo_url:
         pipeline_args += ["--mongo-url", args.mongo_url]
+    if args.config:
+        pipeline_args += ["--config", str(args.config.absolute())]
     with open(data_dir / "pipeline.log", "w") as log:
         try:
             running = start_pipeline(pipeline_args, stderr=log)
