@@ -161,6 +161,13 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
 )
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
 @click.option(
+    "--no-aggregates",
+    is_flag=True,
+    help="Do not update the aggregates (docs/aggregates.md) of the imported files.",
+)
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
+@click.option(
     "--follow",
     is_flag=True,
     help="Keep running: import each published file as it appears (one process; "
@@ -191,6 +198,9 @@ def import_(
     follow,
     drain,
     status_file,
+    no_aggregates,
+    histogram_cache,
+    histogram_server,
     mongo_url,
     mongo_dir,
 ):
@@ -227,6 +237,7 @@ def import_(
         schema=schema,
         filter=filter,
         create_indexes=not no_indexes,
+        hook=None if no_aggregates else _aggregates_hook(histogram_cache, histogram_server),
     )
     if following:
         _follow(dataset, url, options, drain, status_file)
@@ -248,6 +259,12 @@ def import_(
     if summary.files == 0:
         click.echo(f"no layout files under {dataset}", err=True)
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
+    if summary.hook_stats.get("aggregates_unknown_histogram") and not (
+        histogram_cache or histogram_server
+    ):
+        from aggregations.importing import NO_HISTOGRAMS_NOTICE
+
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     if not summary.ok:
         sys.exit(1)
 
@@ -270,6 +287,12 @@ def _follow(dataset, url, options, drain, status_file):
     except ImporterError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"imported into {options.database}.{options.collection}: {summary.describe()}")
+
+
+def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):
+    from aggregations.importing import AggregatesHook
+
+    return AggregatesHook(histogram_cache, histogram_server)
 
 
 class _progress_bar:

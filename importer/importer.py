@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import pymongo
 from bson import Binary
@@ -73,6 +73,8 @@ class ImportOptions:
     chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
     timeout_ms: int = 5000
+    # Called per chunk of files (``hook.open(db, names)``): aggregations.importing.AggregatesHook.
+    hook: Any = None
 
     def dimension_names(self) -> list[str]:
         return (self.schema or Schema.load(DEFAULT_SCHEMA)).names
@@ -101,6 +103,7 @@ class ChunkResult:
     duplicates: int = 0
     rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
+    hook_stats: dict[str, int] = field(default_factory=dict)  # what the file hook reports
 
     @property
     def records(self) -> int:
@@ -124,6 +127,7 @@ class ImportSummary:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
+    hook_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +147,8 @@ class ImportSummary:
         self.duplicates += chunk.duplicates
         self.bad_records += chunk.rejected
         self.examples.extend(chunk.examples[: max(0, 10 - len(self.examples))])
+        for key, n in chunk.hook_stats.items():
+            self.hook_stats[key] = self.hook_stats.get(key, 0) + n
 
     def describe(self) -> str:
         rate = self.records / self.seconds if self.seconds else 0.0
@@ -157,7 +163,7 @@ class ImportSummary:
             f"{self.inserted} inserted, {self.duplicates} duplicates, "
             f"{self.bad_records} bad records, "
             f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)"
-        )
+        ) + "".join(f", {n} {key.replace('_', ' ')}" for key, n in sorted(self.hook_stats.items()))
 
 
 class Progress(Protocol):
@@ -344,10 +350,11 @@ def import_files(
                 }
             )
         _mark_started(imports, marks, {r.relpath for _, r in todo if r.resumed}, todo)
+        hook = options.hook.open(db, names) if options.hook is not None else None
         writer = _Writer(db, options, chunk)
         try:
             for lf, result in todo:
-                _read_file(lf, names, options, result, writer)
+                _read_file(lf, names, options, result, writer, hook)
             writer.flush_all()
         finally:
             writer.close()
@@ -368,6 +375,8 @@ def import_files(
         ]
         if done:
             imports.bulk_write(done, ordered=False)
+        if hook is not None:
+            chunk.hook_stats = hook.finish(zip(files, chunk.files))
     except (PyMongoError, ImporterError) as e:
         message = f"{type(e).__name__}: {e}"
         for r in chunk.files:
@@ -442,7 +451,12 @@ def file_digest(path: Path) -> str:
 
 
 def _read_file(
-    lf: LayoutFile, names: list[str], options: ImportOptions, result: FileResult, writer: "_Writer"
+    lf: LayoutFile,
+    names: list[str],
+    options: ImportOptions,
+    result: FileResult,
+    writer: "_Writer",
+    hook: Any = None,
 ) -> None:
     kind = (
         "resume"
@@ -460,6 +474,8 @@ def _read_file(
                 result.bad_records += 1
                 writer.example(str(e))
                 continue
+            if hook is not None:
+                hook.record(lf, doc)
             writer.add(kind, doc, len(json_text))
     except LayoutError as e:
         result.error = str(e)

@@ -27,6 +27,8 @@ COMMANDS = {
     "compare": "aggregations.cli",
     "mapreduce": "mapreduce.cli",
     "demo": "telemetry.demo",
+    "aggregates": "aggregations.cli",
+    "dashboard": "dashboard.cli",
     "simulate": "fleet.cli",
     "pipeline": "pipeline.cli",
 }
