@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import subprocess
@@ -15,12 +16,13 @@ import pytest
 import requests
 
 from converter.revisions import write_revision
-from converter.variations import base_record, variations
+from converter.variations import base_record
 from pipeline.cli import status_lines
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineConfigError
 from pipeline.health import pipeline_health, prometheus_text, read_status
 from pipeline.service import start_pipeline
+from pipeline.traffic import make_batch
 from waiting import wait_for
 
 REPO = "releases/mozilla-release"
@@ -55,6 +57,25 @@ def post(url: str, records) -> list[str]:
                 acked.append(rec.path.split("/", 1)[0])
             break
     return acked
+
+
+def api_count(api: str, build_date: str) -> int:
+    """Pings of the build date in the aggregates API (SPEC section 7), via a metric every ping has."""
+    r = requests.get(f"{api}/aggregates_by/build_id/channels/release/",
+                     params={"version": "23", "dates": build_date, "metric": "SIMPLE_MEASURES_UPTIME"},
+                     timeout=10)
+    if r.status_code != 200:
+        return 0
+    return sum(d["count"] for d in r.json()["data"])
+
+
+def aggregate_count(mongo_url: str, db: str, build_date: str) -> int:
+    """The same count from a fresh API server over the database, after the pipeline stopped."""
+    from dashboard.config import DashboardConfig
+    from dashboard.testing import ServiceThread
+
+    with ServiceThread(DashboardConfig(port=0, database=db), mongo_url) as service:
+        return api_count(service.url, build_date)
 
 
 def pipeline_args(data_dir: Path, mongo_url: str, db: str, cache: Path, *extra: str) -> list[str]:
@@ -97,9 +118,16 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
     run = start_pipeline(pipeline_args(data, mongo_url, mongo_db.name, cache))
     try:
         url = run.receiver_url
-        records = list(variations(base, 60, seed=7))
+        api = run.urls["api"]
+        # one cell (release, 23, build 20140101): the API counts them under one date
+        batch, records = make_batch(base, 0, 60, random.Random(7))
         acked = post(url, records[:20])
         wait_for(lambda: mongo_db.payloads.count_documents({}) == 20, what="the first pings")
+        # end to end on loopback: posted, then visible in the aggregates API
+        wait_for(lambda: api_count(api, batch.build_date) == 20, what="the pings in the API")
+        metrics = requests.get(f"{api}/metrics", timeout=10).text
+        assert 'telemetry_pipeline_stage_up{stage="importer"} 1' in metrics
+        assert 'telemetry_pipeline_stage_lag_seconds{stage="converter"}' in metrics
 
         # health while running: every stage up, no backlog
         health = wait_for(lambda: (lambda h: h if all(s["up"] for s in h["stages"].values())
@@ -137,6 +165,7 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
     assert len(acked) == 60
     ids = sorted(d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1}))
     assert ids == sorted(acked)
+    assert aggregate_count(mongo_url, mongo_db.name, batch.build_date) == 60  # each counted once
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
     order = [i for i, line in enumerate(run.err_lines)
              if re.search(r"pipeline: (receiver stopped|converter drained|importer drained)", line)]
