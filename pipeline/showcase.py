@@ -1,8 +1,9 @@
 """``./scripts/demo --serve``: the live pipeline with simulated traffic flowing through it.
 
 Starts ``telemetry pipeline`` on a data directory under the demo's work
-directory (the embedded MongoDB server, the fixture's Histograms.json as the
-histogram cache), posts simulated pings into its receiver at a steady rate,
+directory (the embedded MongoDB server, the fleet's Histograms.json revisions
+as the histogram cache), posts a simulated fleet's pings (:mod:`fleet`, the
+demo's scenario) into its receiver at a steady rate,
 prints the dashboard's URL, and every few seconds the pipeline's status, so a
 newcomer sees the numbers move.  Ctrl-C (or ``seconds`` passing) stops the
 traffic and drains the pipeline.
@@ -17,16 +18,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from converter.revisions import write_revision
-from converter.variations import base_record
 from pipeline.cli import status_lines
 from pipeline.errors import PipelineError
 from pipeline.health import pipeline_health
 from pipeline.service import start_pipeline
-from pipeline.traffic import SteadyTraffic
-
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-REPO, REV = "releases/mozilla-release", "a55c55edf302"
+from pipeline.traffic import SteadyTraffic, fleet_pings
 
 
 def _free(port: int, host: str = "127.0.0.1") -> bool:
@@ -38,17 +34,23 @@ def _free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def _describe(scenario) -> list[str]:
+    from fleet.population import Fleet
+
+    return [line for line in Fleet(1, seed=0, scenario=scenario).describe()
+            if line.strip().startswith("effect")]
+
+
 def serve_demo(workdir: Path, rate: float = 20.0, seconds: float | None = None,
                dashboard_port: int = 8000, mongo_url: str | None = None,
                echo: Callable[[str], None] = print, status_every: float = 10.0) -> int:
     """Run until Ctrl-C/SIGTERM or ``seconds``; returns the pipeline's exit code."""
-    definitions = FIXTURES / "histograms" / f"{REV}.Histograms.json"
-    fixture = FIXTURES / "raw" / "telemetry1.v1.log"
-    if not definitions.exists() or not fixture.exists():
-        raise PipelineError(f"the repository's fixtures are missing under {FIXTURES}")
+    from fleet.channels import write_revisions
+    from telemetry.demo import DEMO_SCENARIO, DEMO_SEED
+
     data_dir = (workdir / "live").absolute()
     cache = workdir.absolute() / "histograms"
-    write_revision(cache, REPO, REV, definitions.read_bytes())
+    write_revisions(cache)
     if not _free(dashboard_port):
         echo(f"port {dashboard_port} is busy; the dashboard gets a free one")
         dashboard_port = 0
@@ -63,14 +65,16 @@ def serve_demo(workdir: Path, rate: float = 20.0, seconds: float | None = None,
     urls = running.urls
     stop = threading.Event()
     old = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
-    traffic = SteadyTraffic(urls["receiver"], base_record(fixture), rate=rate,
-                            batch_size=max(1, int(rate)), connections=4).start()
+    pings = fleet_pings(seed=DEMO_SEED, scenario=DEMO_SCENARIO)
+    traffic = SteadyTraffic(urls["receiver"], pings, rate=rate, batch_size=max(1, int(rate)),
+                            connections=4).start()
     if "api" in urls:
         echo(f"dashboard: {urls['api']}/   (metrics: {urls['api']}/metrics)")
     else:
         echo("no dashboard in this installation (telemetry dashboard); "
              "watch the stages below or with `telemetry pipeline status`")
     echo(f"posting {rate:g} simulated pings/s into {urls['receiver']}; Ctrl-C stops and drains")
+    echo("the fleet: " + "; ".join(line.strip() for line in _describe(DEMO_SCENARIO)))
     started = time.monotonic()
     if seconds is not None:
         status_every = min(status_every, seconds)

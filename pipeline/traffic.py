@@ -1,16 +1,16 @@
 """Steady simulated traffic into a receiver: for the freshness benchmark and ``demo --serve``.
 
-Pings are variations of the fixture's real Firefox ping
-(:mod:`converter.variations`), posted over keep-alive connections at a
-steady rate in small *batches*.  Every ping of a batch carries the same
-build ID, one no other batch uses (``BUILD_BASE`` plus the batch number in
-days), so a batch is recognisable downstream by its docIds in MongoDB and
-by its build date in the aggregates.
+Pings are (path, gzip body) pairs from any source: variations of the
+fixture's real Firefox ping, all in one aggregates cell (:func:`fixture_pings`:
+release, 23, one build ID, so the aggregates API counts them under one
+date), or a simulated fleet (:func:`fleet_pings`, realistic segments).  They
+are posted over keep-alive connections at a steady rate and grouped in
+*batches* whose acknowledgements and timings are kept, so that a batch can be
+looked for downstream.
 """
 
 from __future__ import annotations
 
-import datetime
 import gzip
 import random
 import threading
@@ -18,15 +18,17 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from itertools import islice
+from typing import Callable, Iterator
 
 import orjson
 import requests
 
 from receiver.rawlog import Record, inflate
 
-BUILD_BASE = datetime.date(2014, 1, 1)
+FIXTURE_BUILD = "20140101000000"
 URL_PREFIX = "/submit/telemetry/"
+Ping = tuple[str, bytes]  # (path after the prefix, body)
 
 
 @dataclass
@@ -34,36 +36,34 @@ class Batch:
     """One batch of pings: what was sent, what was acknowledged, and when."""
 
     number: int
-    build_id: str
     doc_ids: list[str] = field(default_factory=list)
     acked: list[str] = field(default_factory=list)
     failed: int = 0
     first_post: float = 0.0      # time.time() of its first POST
     last_ack: float = 0.0        # time.time() of its last 200
 
-    @property
-    def build_date(self) -> str:
-        return self.build_id[:8]
 
-
-def build_id(batch: int) -> str:
-    return (BUILD_BASE + datetime.timedelta(days=batch)).strftime("%Y%m%d") + "000000"
-
-
-def make_batch(base: Record, number: int, size: int, rng: random.Random) -> tuple[Batch, list[Record]]:
-    """``size`` variations of ``base`` with fresh docIds, all of build ``build_id(number)``."""
+def fixture_pings(base: Record, seed: int = 0, build_id: str = FIXTURE_BUILD) -> Iterator[Ping]:
+    """Endless variations of ``base`` with fresh docIds, all of build ``build_id``."""
+    rng = random.Random(seed)
     doc = orjson.loads(inflate(base.data))
-    batch = Batch(number, build_id(number))
-    info = dict(doc["info"], appBuildID=batch.build_id)
+    info = dict(doc["info"], appBuildID=build_id)
     body = gzip.compress(orjson.dumps(dict(doc, info=info)), compresslevel=1, mtime=0)
-    records = []
-    for _ in range(size):
-        doc_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        path = "/".join((doc_id, info["reason"], info["appName"], info["appVersion"],
-                         info["appUpdateChannel"], batch.build_id))
-        batch.doc_ids.append(doc_id)
-        records.append(Record(path, body, 0, None))
-    return batch, records
+    tail = "/".join((info["reason"], info["appName"], info["appVersion"],
+                     info["appUpdateChannel"], build_id))
+    while True:
+        yield f"{uuid.UUID(int=rng.getrandbits(128), version=4)}/{tail}", body
+
+
+def fleet_pings(seed: int = 0, scenario=None, per_fleet: int = 20_000) -> Iterator[Ping]:
+    """Endless submissions of simulated fleets (:mod:`fleet`), one fleet of ``per_fleet`` pings
+    after another (seeds ``seed``, ``seed + 1``, ...), as the receiver gets them."""
+    from fleet.population import Fleet
+
+    while True:
+        for sub in Fleet(per_fleet, seed=seed, scenario=scenario).submissions():
+            yield sub.path, sub.body
+        seed += 1
 
 
 class SteadyTraffic:
@@ -76,15 +76,14 @@ class SteadyTraffic:
     not answer 200.
     """
 
-    def __init__(self, url: str, base: Record, rate: float = 200.0, batch_size: int = 50,
-                 connections: int = 16, seed: int = 0,
+    def __init__(self, url: str, pings: Iterator[Ping], rate: float = 200.0,
+                 batch_size: int = 50, connections: int = 16,
                  on_batch: Callable[[Batch], None] | None = None):
         self.url = url.rstrip("/") + URL_PREFIX
-        self.base = base
+        self.pings = iter(pings)
         self.rate = rate
         self.batch_size = batch_size
         self.connections = connections
-        self.rng = random.Random(seed)
         self.on_batch = on_batch
         self.batches: list[Batch] = []
         self._stop = threading.Event()
@@ -120,16 +119,17 @@ class SteadyTraffic:
             s = self._local.session = requests.Session()
         return s
 
-    def _post(self, batch: Batch, record: Record, remaining: list[int]) -> None:
+    def _post(self, batch: Batch, ping: Ping, remaining: list[int]) -> None:
+        path, body = ping
         try:
-            r = self._session().post(self.url + record.path, data=record.data, timeout=30)
+            r = self._session().post(self.url + path, data=body, timeout=30)
             ok = r.status_code == 200
         except requests.RequestException:
             ok = False
         now = time.time()
         with self._lock:
             if ok:
-                batch.acked.append(record.path.split("/", 1)[0])
+                batch.acked.append(path.split("/", 1)[0])
                 batch.last_ack = max(batch.last_ack, now)
             else:
                 batch.failed += 1
@@ -144,10 +144,13 @@ class SteadyTraffic:
         number = 0
         with ThreadPoolExecutor(self.connections, thread_name_prefix="post") as pool:
             while not self._stop.is_set():
-                batch, records = make_batch(self.base, number, self.batch_size, self.rng)
+                pings = list(islice(self.pings, self.batch_size))
+                if not pings:
+                    break  # the source ran dry
+                batch = Batch(number, [p[0].split("/", 1)[0] for p in pings])
                 number += 1
-                remaining = [len(records)]
-                for i, record in enumerate(records):
+                remaining = [len(pings)]
+                for i, ping in enumerate(pings):
                     delay = next_at - time.monotonic()
                     if delay > 0:
                         time.sleep(delay)
@@ -155,5 +158,5 @@ class SteadyTraffic:
                         batch.first_post = time.time()
                         with self._lock:
                             self.batches.append(batch)
-                    pool.submit(self._post, batch, record, remaining)
+                    pool.submit(self._post, batch, ping, remaining)
                     next_at += interval

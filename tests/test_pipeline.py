@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
 import time
+from itertools import islice
 from pathlib import Path
 
 import orjson
@@ -22,7 +22,7 @@ from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineConfigError
 from pipeline.health import pipeline_health, prometheus_text, read_status
 from pipeline.service import start_pipeline
-from pipeline.traffic import make_batch
+from pipeline.traffic import FIXTURE_BUILD, fixture_pings
 from waiting import wait_for
 
 REPO = "releases/mozilla-release"
@@ -46,15 +46,15 @@ def cache(tmp_path, fixtures_dir):
 def post(url: str, records) -> list[str]:
     """POST each record; the docIds the receiver acknowledged (200)."""
     acked = []
-    for rec in records:
+    for path, body in records:
         for _ in range(50):  # a client retries while a receiver is being restarted
             try:
-                r = requests.post(f"{url}/submit/telemetry/{rec.path}", data=rec.data, timeout=30)
+                r = requests.post(f"{url}/submit/telemetry/{path}", data=body, timeout=30)
             except requests.ConnectionError:
                 time.sleep(0.2)
                 continue
             if r.status_code == 200:
-                acked.append(rec.path.split("/", 1)[0])
+                acked.append(path.split("/", 1)[0])
             break
     return acked
 
@@ -120,11 +120,12 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
         url = run.receiver_url
         api = run.urls["api"]
         # one cell (release, 23, build 20140101): the API counts them under one date
-        batch, records = make_batch(base, 0, 60, random.Random(7))
+        records = list(islice(fixture_pings(base, seed=7), 60))
+        build_date = FIXTURE_BUILD[:8]
         acked = post(url, records[:20])
         wait_for(lambda: mongo_db.payloads.count_documents({}) == 20, what="the first pings")
         # end to end on loopback: posted, then visible in the aggregates API
-        wait_for(lambda: api_count(api, batch.build_date) == 20, what="the pings in the API")
+        wait_for(lambda: api_count(api, build_date) == 20, what="the pings in the API")
         metrics = requests.get(f"{api}/metrics", timeout=10).text
         assert 'telemetry_pipeline_stage_up{stage="importer"} 1' in metrics
         assert 'telemetry_pipeline_stage_lag_seconds{stage="converter"}' in metrics
@@ -165,7 +166,7 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
     assert len(acked) == 60
     ids = sorted(d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1}))
     assert ids == sorted(acked)
-    assert aggregate_count(mongo_url, mongo_db.name, batch.build_date) == 60  # each counted once
+    assert aggregate_count(mongo_url, mongo_db.name, build_date) == 60  # each counted once
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
     order = [i for i, line in enumerate(run.err_lines)
              if re.search(r"pipeline: (receiver stopped|converter drained|importer drained)", line)]
