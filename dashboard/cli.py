@@ -29,8 +29,10 @@ from importer.cli import connect_url, mongo_config
               help="MongoDB URI (or $TELEMETRY_MONGO_URL); without one the embedded server.")
 @click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path),
               envvar="TELEMETRY_MONGO_DIR", help="Data directory of the embedded server.")
+@click.option("--pipeline-dir", type=click.Path(file_okay=False),
+              help="A `telemetry pipeline` data directory: its stages' health and lag on /metrics.")
 def dashboard(config_path, host, port, database, max_age, private_channels, tokens_file,
-              mongo_url, mongo_dir):
+              mongo_url, mongo_dir, pipeline_dir=None):
     """Serve the aggregates API (telemetry.mozilla.org's URLs) over the imported data."""
     from dashboard.app import make_app, make_deps
 
@@ -38,7 +40,7 @@ def dashboard(config_path, host, port, database, max_age, private_channels, toke
         config = DashboardConfig.load(
             config_path, host=host, port=port, database=database, max_age=max_age,
             private_channels=list(private_channels) or None, tokens_file=tokens_file,
-            mongo_url=mongo_url)
+            mongo_url=mongo_url, pipeline_dir=pipeline_dir)
         url = connect_url(mongo_config(config.mongo_url, mongo_dir))
         deps = make_deps(config, url)
     except ConfigError as e:
@@ -47,6 +49,8 @@ def dashboard(config_path, host, port, database, max_age, private_channels, toke
 
 
 async def _serve(config: DashboardConfig, deps) -> None:
+    from dashboard.app import make_app
+
     app = make_app(config, deps)
     try:
         server = app.listen(config.port, config.host, xheaders=True)

@@ -34,6 +34,7 @@ class DashboardConfig:
     tokens_file: str | None = None
     max_dates: int = 1000                   # dates per query (the real client sends < 350)
     mongo_timeout_ms: int = 5000
+    pipeline_dir: str | None = None         # a `telemetry pipeline` data dir: its health on /metrics
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:

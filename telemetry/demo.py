@@ -218,8 +218,18 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
 @click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
               help="Use this MongoDB instead of a throwaway embedded server.")
 @click.option("--replay/--no-replay", default=True, show_default=True)
-def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool) -> None:
+@click.option("--serve", is_flag=True,
+              help="Run the live pipeline (telemetry pipeline) with simulated traffic until Ctrl-C.")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="With --serve: simulated pings per second.")
+@click.option("--seconds", type=click.FloatRange(0, min_open=True),
+              help="With --serve: stop after this long [until Ctrl-C].")
+def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool,
+         serve: bool = False, rate: float = 20.0, seconds: float | None = None) -> None:
     """Run the whole pipeline once on embedded defaults and print what each stage did."""
+    if serve:
+        _serve(workdir, rate, seconds, mongo_url)
+        return
     started = time.monotonic()
     try:
         result = run_demo(workdir, records, workers, mongo_url, replay, echo=click.echo)
@@ -228,6 +238,18 @@ def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, repla
     click.echo(f"\ndone in {time.monotonic() - started:.1f} s; everything is under {workdir}/")
     if result.accepted != result.posted or result.replayed_same is False:
         sys.exit(1)
+
+
+def _serve(workdir: Path, rate: float, seconds: float | None, mongo_url: str | None) -> None:
+    from pipeline.errors import PipelineError
+    from pipeline.showcase import serve_demo
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        code = serve_demo(workdir, rate, seconds, mongo_url=mongo_url, echo=click.echo)
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
 
 
 commands = [demo]
