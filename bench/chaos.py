@@ -626,7 +626,11 @@ def mongo_kill(ctx: Context, trial: int) -> Trial:
 
 def _moto(ctx: Context) -> int:
     if "moto" not in ctx.cache:
+        import logging
+
         from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
 
         os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                           AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
@@ -644,7 +648,7 @@ def export_faults(ctx: Context, trial: int) -> Trial:
     """Export with ``--after-upload delete`` through a proxy injecting S3 faults into 35% of requests."""
     import boto3
 
-    from converter.export import ExportConfig, export_layout
+    from converter.export import ExportConfig, ExportError, export_layout
     from converter.synthetic import make_records, write_layout
 
     t = Trial()
@@ -659,6 +663,8 @@ def export_faults(ctx: Context, trial: int) -> Trial:
     rng = random.Random(trial)
 
     def decide(method: str, path: str) -> str:
+        if path.rstrip("/").count("/") < 2:
+            return "pass"  # the bucket check: a failure there ends the pass at once (exit 1)
         if rng.random() < 0.35:
             fault = rng.choice(S3_FAULTS)
             return fault if fault != "truncate" or method == "PUT" else "reset"
@@ -671,7 +677,10 @@ def export_faults(ctx: Context, trial: int) -> Trial:
                               backoff=0.02, max_backoff=0.1)
         try:
             summary = export_layout(config)
-        except Exception as e:  # noqa: BLE001 - a raise out of export is a crash here
+        except ExportError as e:  # the documented failure (exit 1): the bucket check gave up
+            t.notes.append(f"faulty pass stopped: {e}"[:120])
+            summary = None
+        except Exception as e:  # noqa: BLE001 - anything else out of export is a crash
             t.crashes += 1
             t.notes.append(f"export raised {type(e).__name__}: {e}"[:160])
             summary = None
@@ -780,6 +789,37 @@ def _replay_trial(ctx: Context, trial: int, mode: str) -> Trial:
     return t
 
 
+def replay_kill(ctx: Context, trial: int) -> Trial:
+    """SIGKILL ``telemetry replay --state`` mid-run, rerun: nothing lost, resent within the bound."""
+    t = Trial()
+    source, paths = _replay_source(ctx)
+    d = ctx.tmp("replay-kill")
+    concurrency, batch = 16, 200  # the CLI's defaults; the bound is batch + 4 x concurrency
+    with start_receiver(receiver_config(d / "logs", workers=1, durability="os")) as r:
+        cmd = telemetry(ctx, "replay", str(source), "--dest", r.submit_url("%k"),
+                        "--state", str(d / "replay.state"), "--rate", "400",
+                        "--concurrency", str(concurrency))
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        killed = kill_group_after(proc, 0.3 + ctx.rng.random() * 1.2)
+        if killed is None:
+            t.notes.append("replay ended before the kill")
+            killed = time.monotonic()
+        rerun = run_stage(cmd)
+        t.recovery = time.monotonic() - killed
+        if why := crashed(rerun):
+            t.crashes += 1
+            t.notes.append(why)
+        code = r.stop()
+    if code != 0:
+        t.crashes += 1
+    stored, errors = raw_records(d / "logs")
+    t.crashes += bool(errors)
+    compare(paths, stored, t)
+    t.over_bound += max(0, t.duplicated - (batch + 4 * concurrency))
+    return t
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -824,6 +864,7 @@ SCENARIOS = [
     Scenario("importer: SIGKILL mid-import, rerun", importer_kill, 10, 1),
     Scenario("mongodb: SIGKILL server mid-import, restart", mongo_kill, 5, 1),
     Scenario("export: S3 5xx/SlowDown/reset/truncated", export_faults, 10, 1),
+    Scenario("replay: SIGKILL with --state, rerun", replay_kill, 10, 1),
     Scenario("replay: destination down", replay_down, 10, 1),
     Scenario("replay: destination flapping", replay_flapping, 10, 1),
     Scenario("replay: destination 5xx", replay_5xx, 10, 1),
@@ -892,6 +933,9 @@ def main(argv: list[str] | None = None) -> int:
     log_fd = os.open(ctx.stage_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log_fd, 2)
     os.close(log_fd)
+    import logging
+
+    logging.basicConfig(stream=open(ctx.stage_log, "a", buffering=1), level=logging.WARNING)
     rows = []
     started = time.monotonic()
     try:
