@@ -56,19 +56,37 @@ def is_allowed(value: str, allowed: Any) -> bool:
     raise SchemaError(f"allowed_values must be '*', a string, a list or {{min, max}}, not {allowed!r}")
 
 
+def _scalar(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+
+
+def _check_allowed(allowed: Any) -> None:
+    """Refuse a shape the SPEC does not have, once, so matching never meets one."""
+    if isinstance(allowed, list) and not all(_scalar(v) for v in allowed):
+        raise SchemaError(f"allowed_values lists hold strings or numbers, not {allowed!r}")
+    if isinstance(allowed, dict) and (set(allowed) - {"min", "max"} or not all(
+            v is None or _scalar(v) for v in allowed.values())):
+        raise SchemaError(f"a range of allowed_values is {{min, max}} with strings or numbers, "
+                          f"not {allowed!r}")
+    is_allowed("", allowed)  # raises SchemaError on any other shape
+
+
 class Schema:
     """A parsed schema (or filter): ordered dimensions with their allowed values."""
 
     def __init__(self, spec: Mapping[str, Any]):
         if not isinstance(spec, Mapping) or not isinstance(spec.get("dimensions"), list):
             raise SchemaError("a schema needs a 'dimensions' list")
-        self.version = int(spec.get("version", 1))
+        version = spec.get("version", 1)
+        if type(version) is not int and not (isinstance(version, str) and version.isdigit()):
+            raise SchemaError(f"a schema's version must be a number, not {version!r}")
+        self.version = int(version)
         dims = []
         for i, d in enumerate(spec["dimensions"]):
             if not isinstance(d, Mapping) or not isinstance(d.get("field_name"), str):
                 raise SchemaError(f"dimension {i} needs a 'field_name'")
             allowed = d.get("allowed_values", "*")
-            is_allowed("", allowed)  # raises SchemaError on a bad shape
+            _check_allowed(allowed)
             dims.append(Dimension(d["field_name"], allowed))
         if not dims:
             raise SchemaError("a schema needs at least one dimension")

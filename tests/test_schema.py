@@ -28,6 +28,12 @@ def test_allowed_values(value, allowed, expected):
     {"dimensions": []},
     {"dimensions": [{"allowed_values": "*"}]},
     {"dimensions": [{"field_name": "reason", "allowed_values": 5}]},
+    # Found by bench/fuzz.py: these raised ValueError/TypeError instead of SchemaError.
+    {"version": "$where", "dimensions": [{"field_name": "reason"}]},
+    {"version": [1], "dimensions": [{"field_name": "reason"}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": [{"$where": "1"}]}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"min": "a", "$gt": ""}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"min": {"$ne": 1}}}]},
 ])
 def test_malformed_schema_is_rejected(spec):
     with pytest.raises(SchemaError):
