@@ -271,7 +271,8 @@ def receiver_worker_kill(ctx: Context, trial: int) -> Trial:
             pids = r.worker_pids()
             writing = {int(p.name.split(".")[-2]) for p in r.log_path.iterdir()
                        if not p.name.endswith(FINISHED_SUFFIX)}
-            victim = ([p for p in pids if p in writing] or pids)[trial % 2 if len(pids) > 1 else 0]
+            candidates = [p for p in pids if p in writing] or pids
+            victim = candidates[trial % len(candidates)]
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
             r.wait_for_workers(exclude=(victim,))
@@ -605,6 +606,8 @@ def mongo_kill(ctx: Context, trial: int) -> Trial:
         server.process.wait()
         _, err = proc.communicate(timeout=120)
         first = subprocess.CompletedProcess(cmd, proc.returncode, "", err)
+        if os.environ.get("CHAOS_SHOW_FIRST"):
+            print(err, file=sys.stderr)
         # The interrupted import may fail (the server is gone), but with a message.
         if why := crashed(first, allowed=(0, 1, 2)):
             t.crashes += 1
