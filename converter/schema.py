@@ -85,6 +85,11 @@ class Schema:
         for i, d in enumerate(spec["dimensions"]):
             if not isinstance(d, Mapping) or not isinstance(d.get("field_name"), str):
                 raise SchemaError(f"dimension {i} needs a 'field_name'")
+            name = d["field_name"]
+            # A name becomes a MongoDB field path (meta.NAME): no operator, no sub-path.
+            if not name or name.startswith("$") or "." in name or "\0" in name:
+                raise SchemaError(f"dimension {i}: field_name {name!r} must not be empty, "
+                                  "start with '$' or hold '.'")
             allowed = d.get("allowed_values", "*")
             _check_allowed(allowed)
             dims.append(Dimension(d["field_name"], allowed))

@@ -85,3 +85,11 @@ def test_filter_values_are_compared_cleaned(fixtures_dir):
     found = find_layout_files(fixtures_dir / "converted", Schema(spec))
     assert [f.dimensions for f in found] == [
         ["saved_session", "Firefox", "nightly", "28.0a1", "20131029030201", "20131029"]]
+
+
+def test_open_range_stays_open_in_the_path_filter():
+    from converter.layout import path_filter
+
+    f = Schema({"dimensions": [{"field_name": "appVersion", "allowed_values": {"min": "23", "max": None}}]})
+    assert path_filter(f).dimensions[0].allowed_values == {"min": "23", "max": None}
+    assert path_filter(f).allows(["99"])  # compared with "None" before
