@@ -366,49 +366,100 @@ def small_disk(path: Path, size: str = "2m"):
 
 
 def receiver_disk_full(ctx: Context, trial: int) -> Trial:
-    """Fill a 2 MiB tmpfs under the receiver: 507, no corrupt file, 200 again once space returns."""
+    """Fill a 2 MiB tmpfs under the receiver: 507, no corrupt file, 200 again once space returns.
+
+    Without the right to mount (not root, or a container without
+    CAP_SYS_ADMIN), or with ``--no-tmpfs``, the receiver runs under
+    RLIMIT_FSIZE instead: a write past the limit fails with EFBIG, answered
+    500, and the next file starts empty, so the "space returns" at once.
+    """
     t = Trial()
     d = ctx.tmp("recv-disk")
     disk = d / "disk"
-    with small_disk(disk):
-        filler = disk / "filler"
-        filler.write_bytes(b"\0" * (1_400_000 + ctx.rng.randrange(200_000)))
-        with start_receiver(receiver_config(disk / "logs", workers=1)) as r:
-            with Load(r.host, r.port, threads=3, tag=f"d{trial}", size=(2000, 30000)) as load:
-                deadline = time.monotonic() + 20
-                while not load.codes.get(507) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                full_at = time.monotonic()
-                if not load.codes.get(507):
-                    t.crashes += 1
-                    t.notes.append(f"no 507 while the disk was full: {dict(load.codes)}")
-                time.sleep(0.3)
-                # While full: what is on disk reads back cleanly.
-                mid, mid_errors = raw_records_unfinished_ok(disk / "logs")
-                if mid_errors:
-                    t.crashes += 1
-                    t.notes.append("corrupt while full: " + mid_errors[0])
-                filler.unlink()
-                freed = time.monotonic()
-                deadline = freed + 10
-                while load.first_ack_after(freed) is None and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                t.recovery = load.first_ack_after(freed)
-                if t.recovery is None:
-                    t.crashes += 1
-                    t.notes.append("no 200 after space returned")
-                time.sleep(0.3)
-            code = r.stop()
-        if code != 0:
-            t.crashes += 1
-            t.notes.append(f"receiver exit {code}")
-        stored, errors = raw_records(disk / "logs")
-        t.crashes += bool(errors)
-        t.notes += errors[:1]
-        compare(load.acked, stored, t)
-        t.notes.append(f"tmpfs 2 MiB; 507s {load.codes.get(507, 0)} in {freed - full_at:.1f}s")
-        _unexpected_codes(load, t, allowed={200, 507, "conn"})
+    try:
+        if ctx.cache.get("no_tmpfs"):
+            raise OSError("--no-tmpfs")
+        mounted = small_disk(disk)
+        mounted.__enter__()
+    except (OSError, subprocess.CalledProcessError) as e:
+        t.notes.append(f"RLIMIT_FSIZE 256 KiB (no tmpfs: {str(e)[:60]})")
+        return _disk_full_rlimit(ctx, trial, d, t)
+    try:
+        return _disk_full_tmpfs(ctx, trial, disk, t)
+    finally:
+        mounted.__exit__(None, None, None)
+
+
+def _disk_full_tmpfs(ctx: Context, trial: int, disk: Path, t: Trial) -> Trial:
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (1_400_000 + ctx.rng.randrange(200_000)))
+    with start_receiver(receiver_config(disk / "logs", workers=1)) as r:
+        with Load(r.host, r.port, threads=3, tag=f"d{trial}", size=(2000, 30000)) as load:
+            _wait_for_code(load, 507, t)
+            full_at = time.monotonic()
+            time.sleep(0.3)
+            # While full: what is on disk reads back cleanly.
+            _, mid_errors = raw_records_unfinished_ok(disk / "logs")
+            if mid_errors:
+                t.crashes += 1
+                t.notes.append("corrupt while full: " + mid_errors[0])
+            filler.unlink()
+            freed = time.monotonic()
+            _wait_for_ack_after(load, freed, t)
+            time.sleep(0.3)
+        code = r.stop()
+    _check_disk_trial(disk / "logs", load, code, t, allowed={200, 507, "conn"})
+    t.notes.append(f"tmpfs 2 MiB: 507s {load.codes.get(507, 0)} in {freed - full_at:.1f}s")
     return t
+
+
+def _disk_full_rlimit(ctx: Context, trial: int, d: Path, t: Trial) -> Trial:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (256 * 1024, hard))  # inherited by the receiver
+    try:
+        r = start_receiver(receiver_config(d / "logs", workers=1))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    with r:
+        with Load(r.host, r.port, threads=3, tag=f"f{trial}", size=(2000, 30000)) as load:
+            _wait_for_code(load, 500, t)
+            _wait_for_ack_after(load, time.monotonic(), t)
+            time.sleep(0.3)
+        code = r.stop()
+    _check_disk_trial(d / "logs", load, code, t, allowed={200, 500, "conn"})
+    return t
+
+
+def _wait_for_code(load: Load, code: int, t: Trial) -> None:
+    deadline = time.monotonic() + 20
+    while not load.codes.get(code) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not load.codes.get(code):
+        t.crashes += 1
+        t.notes.append(f"no {code} while the disk was full: {dict(load.codes)}")
+
+
+def _wait_for_ack_after(load: Load, moment: float, t: Trial) -> None:
+    deadline = moment + 10
+    while load.first_ack_after(moment) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    t.recovery = load.first_ack_after(moment)
+    if t.recovery is None:
+        t.crashes += 1
+        t.notes.append("no 200 after space returned")
+
+
+def _check_disk_trial(logs: Path, load: Load, code: int, t: Trial, allowed: set) -> None:
+    if code != 0:
+        t.crashes += 1
+        t.notes.append(f"receiver exit {code}")
+    stored, errors = raw_records(logs)
+    t.crashes += bool(errors)
+    t.notes += errors[:1]
+    compare(load.acked, stored, t)
+    _unexpected_codes(load, t, allowed=allowed)
 
 
 def raw_records_unfinished_ok(directory: Path) -> tuple[collections.Counter, list[str]]:
@@ -862,7 +913,7 @@ class Scenario:
 SCENARIOS = [
     Scenario("receiver: SIGKILL a worker under load", receiver_worker_kill, 20, 2),
     Scenario("receiver: SIGKILL the service, restart", receiver_service_kill, 10, 1),
-    Scenario("receiver: disk full (2 MiB tmpfs) -> 507", receiver_disk_full, 5, 1),
+    Scenario("receiver: disk full -> 507, resumes", receiver_disk_full, 5, 1),
     Scenario("converter: SIGKILL mid-run, rerun", converter_kill, 10, 1),
     Scenario("importer: SIGKILL mid-import, rerun", importer_kill, 10, 1),
     Scenario("mongodb: SIGKILL server mid-import, restart", mongo_kill, 5, 1),
@@ -922,6 +973,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="run scenarios whose name contains this (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--verbose", "-v", action="store_true", help="one line per trial on stderr")
+    ap.add_argument("--no-tmpfs", action="store_true",
+                    help="fill the disk with RLIMIT_FSIZE instead of a 2 MiB tmpfs")
     ap.add_argument("--stage-log", type=Path,
                     help="keep the stages' stderr in this file [default: a temporary file]")
     args = ap.parse_args(argv)
@@ -930,6 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("no scenario matches --only")
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
     ctx = Context(work, stage_log=args.stage_log or work / "stages.log")
+    ctx.cache["no_tmpfs"] = args.no_tmpfs
     # The stages (children) write their stderr to the stage log; this script keeps the terminal.
     terminal = os.fdopen(os.dup(2), "w", buffering=1)
     sys.stderr = terminal
