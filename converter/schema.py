@@ -56,19 +56,34 @@ def is_allowed(value: str, allowed: Any) -> bool:
     raise SchemaError(f"allowed_values must be '*', a string, a list or {{min, max}}, not {allowed!r}")
 
 
-def _scalar(v: Any) -> bool:
-    return isinstance(v, (str, int, float)) and not isinstance(v, bool)
+def check_allowed(allowed: Any, where: str) -> None:
+    """Raise :class:`SchemaError` unless ``allowed`` has one of the SPEC's shapes.
 
-
-def _check_allowed(allowed: Any) -> None:
-    """Refuse a shape the SPEC does not have, once, so matching never meets one."""
-    if isinstance(allowed, list) and not all(_scalar(v) for v in allowed):
-        raise SchemaError(f"allowed_values lists hold strings or numbers, not {allowed!r}")
-    if isinstance(allowed, dict) and (set(allowed) - {"min", "max"} or not all(
-            v is None or _scalar(v) for v in allowed.values())):
-        raise SchemaError(f"a range of allowed_values is {{min, max}} with strings or numbers, "
-                          f"not {allowed!r}")
-    is_allowed("", allowed)  # raises SchemaError on any other shape
+    Anything else is refused rather than read loosely: an operator document
+    such as ``{"$ne": "x"}`` would otherwise allow every value, and a list of
+    numbers would allow none.
+    """
+    shape = "'*', a string, a list of strings or {\"min\": x, \"max\": y}"
+    if isinstance(allowed, str):
+        return
+    if isinstance(allowed, list):
+        bad = [v for v in allowed if not isinstance(v, str)]
+        if bad:
+            raise SchemaError(f"{where}: allowed_values must be {shape}; "
+                              f"{bad[0]!r} in the list is not a string")
+        return
+    if isinstance(allowed, dict):
+        extra = sorted(set(allowed) - {"min", "max"})
+        if extra or not allowed:
+            raise SchemaError(f"{where}: allowed_values must be {shape}, not {allowed!r}"
+                              + (f" ({', '.join(extra)} is not min or max)" if extra else ""))
+        for key, bound in allowed.items():
+            if bound is not None and (isinstance(bound, bool)
+                                      or not isinstance(bound, (str, int, float))):
+                raise SchemaError(f"{where}: allowed_values {key} must be a string or a number, "
+                                  f"not {bound!r}")
+        return
+    raise SchemaError(f"{where}: allowed_values must be {shape}, not {allowed!r}")
 
 
 class Schema:
@@ -91,7 +106,7 @@ class Schema:
                 raise SchemaError(f"dimension {i}: field_name {name!r} must not be empty, "
                                   "start with '$' or hold '.'")
             allowed = d.get("allowed_values", "*")
-            _check_allowed(allowed)
+            check_allowed(allowed, f"dimension {d['field_name']!r}")
             dims.append(Dimension(d["field_name"], allowed))
         if not dims:
             raise SchemaError("a schema needs at least one dimension")
