@@ -360,3 +360,30 @@ def test_created_files_have_sane_permissions(tmp_path, fixtures_dir):
         p = tmp_path / name
         if p.is_file():
             assert not mode & 0o111, f"{name} is executable: {oct(mode)}"
+
+
+@pytest.mark.parametrize("pipeline", [
+    [{"$match": {"$where": "sleep(100) || true"}}],
+    [{"$match": {"$expr": {"$function": {"body": "function() {return true}", "args": [],
+                                         "lang": "js"}}}}],
+    [{"$group": {"_id": None, "x": {"$accumulator": {"init": "function() {}"}}}}],
+    [{"$facet": {"a": [{"$match": {"$where": "true"}}]}}],
+    [{"$lookup": {"from": "payloads", "pipeline": [{"$match": {"\u0024where": "1"}}],
+                  "as": "x"}}],
+    [{"$match": {}}, {"$out": "stolen"}],
+    [{"$merge": {"into": "payloads"}}],
+])
+def test_custom_pipeline_with_javascript_or_writes_is_refused(tmp_path, mongo_url, mongo_db,
+                                                             pipeline):
+    """Issue 10 made custom pipelines read-only; this checks it from the command line."""
+    from aggregations.cli import aggregate
+
+    mongo_db.payloads.insert_one({"_id": "d1", "meta": {"reason": "saved_session"}})
+    f = tmp_path / "pipeline.json"
+    f.write_bytes(orjson.dumps(pipeline))
+    result = CliRunner().invoke(aggregate, ["--pipeline", str(f), "--mongo-url", mongo_url,
+                                            "-d", mongo_db.name])
+    assert result.exit_code == 2, result.output
+    assert "read-only" in result.output
+    assert sorted(mongo_db.list_collection_names()) == ["payloads"]
+    assert mongo_db.payloads.count_documents({}) == 1
