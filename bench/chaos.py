@@ -262,10 +262,13 @@ def receiver_config(log_path: Path, **kw) -> ReceiverConfig:
 # --- receiver ------------------------------------------------------------------
 
 def receiver_worker_kill(ctx: Context, trial: int) -> Trial:
-    """SIGKILL one busy worker of two while four clients post."""
+    """SIGKILL one busy worker of two while four clients post (each front end in turn)."""
+    from receiver.config import HTTP_SERVERS
+
     t = Trial()
     d = ctx.tmp("recv-worker")
-    with start_receiver(receiver_config(d / "logs", workers=2)) as r:
+    front = sorted(HTTP_SERVERS)[trial % len(HTTP_SERVERS)]
+    with start_receiver(receiver_config(d / "logs", workers=2, http_server=front)) as r:
         with Load(r.host, r.port, tag=f"w{trial}") as load:
             time.sleep(0.5 + ctx.rng.random() * 0.5)
             pids = r.worker_pids()
