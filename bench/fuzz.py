@@ -483,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=100_000, help="inputs per target [100000]")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", action="append", default=[], help="target name (repeatable)")
+    ap.add_argument("--max-minutes", type=float,
+                    help="stop each target after this long (the table says how many ran)")
     args = ap.parse_args(argv)
     total_crashes = 0
     print("| target | inputs | accepted | refused (classified) | crashes | inputs/s |")
@@ -495,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             target = cls()
             target.setup(work)
-            r = fuzz(target, args.n, args.seed)
+            r = fuzz(target, args.n, args.seed,
+                     args.max_minutes * 60 if args.max_minutes else None)
             total_crashes += len(r["crashes"])
             top = ", ".join(f"{k} {v}" for k, v in r["refused"].most_common(4))
             print(f"| {r['target']} | {r['inputs']} | {r['accepted']} | "
