@@ -42,7 +42,7 @@ from converter.layout import (
 )
 from converter.schema import SUBMISSION_DATE, Schema
 from importer.document import META, SOURCE, DocumentError, make_document
-from importer.errors import DatasetError, ImporterError
+from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.mongo import connect, is_local
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
@@ -653,16 +653,27 @@ def _now() -> datetime:
 
 
 _worker_db_client: pymongo.MongoClient | None = None
+_worker_error: MongoUnavailable | None = None
 
 
 def _init_worker(url: str, timeout_ms: int) -> None:
-    """Each worker process opens its own client once (clients do not survive a fork or pickling)."""
-    global _worker_db_client
-    _worker_db_client = connect(url, timeout_ms)
+    """Each worker process opens its own client once (clients do not survive a fork or pickling).
+
+    A server that cannot be reached is remembered and raised by the first
+    task: raised here, it would break the pool, and the user would read that
+    a worker died instead of which server is down.
+    """
+    global _worker_db_client, _worker_error
+    try:
+        _worker_db_client = connect(url, timeout_ms)
+    except MongoUnavailable as e:
+        _worker_error = e
 
 
 def _import_in_worker(
     files: list[LayoutFile], names: list[str], options: ImportOptions
 ) -> ChunkResult:
+    if _worker_error is not None:
+        raise _worker_error
     assert _worker_db_client is not None
     return import_files(_worker_db_client[options.database], files, names, options)
