@@ -294,4 +294,93 @@ def _options(measure: str | None, by: str | None) -> dict:
     return {k: v for k, v in (("name", measure), ("by", by)) if v is not None}
 
 
-commands = [aggregate, compare]
+@click.group("aggregates")
+def aggregates():
+    """The pre-computed aggregates behind the dashboard API (docs/aggregates.md)."""
+
+
+@aggregates.command("rebuild")
+@click.option(
+    "--data-dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The layout to recompute the aggregates from.",
+)
+@click.option(
+    "--filter",
+    "filter_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Rebuild the channels and major versions of the files this filter picks [default: all].",
+)
+@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option("--scheduler", help="Dask scheduler address (with --engine dask).")
+@click.option(
+    "--num-mappers", type=click.IntRange(1), help="Mapper processes [default: one per CPU]."
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the job keeps its intermediate files [default: a temporary directory].",
+)
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
+@click.option(
+    "--schema",
+    "schema_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="telemetry_schema.json naming the dimensions [default: the packaged one].",
+)
+@click.option("-d", "--database", default="telemetry", show_default=True)
+@mongo_options
+def aggregates_rebuild(
+    data_dir,
+    filter_path,
+    engine,
+    scheduler,
+    num_mappers,
+    work_dir,
+    histogram_cache,
+    histogram_server,
+    schema_path,
+    database,
+    mongo_url,
+    mongo_dir,
+):
+    """Recompute the aggregates from the layout (a MapReduce job) and replace what it covers."""
+    from aggregations.importing import NO_HISTOGRAMS_NOTICE
+    from aggregations.rebuild import RebuildConfig, RebuildError, rebuild
+
+    if not data_dir.is_dir():
+        raise BadSetup(f"data directory {data_dir} does not exist")
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+    config = RebuildConfig(
+        data_dir=data_dir,
+        filter=filter_path,
+        engine=engine,
+        scheduler=scheduler,
+        work_dir=work_dir,
+        histogram_cache=histogram_cache,
+        histogram_server=histogram_server,
+        schema=schema_path,
+        **({"num_mappers": num_mappers} if num_mappers else {}),
+    )
+    url = connect_url(mongo_config(mongo_url, mongo_dir))
+    try:
+        client = connect(url)
+    except MongoUnavailable as e:
+        raise BadSetup(str(e)) from None
+    try:
+        result = rebuild(config, client[database], log=lambda m: click.echo(m, err=True))
+    except RebuildError as e:
+        raise click.ClickException(str(e)) from None
+    except PyMongoError as e:
+        raise click.ClickException(f"writing the aggregates failed: {e}") from None
+    finally:
+        client.close()
+    click.echo(result.describe())
+    if result.stats.get("unknown_histogram") and not (histogram_cache or histogram_server):
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
+
+
+commands = [aggregate, compare, aggregates]

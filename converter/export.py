@@ -125,6 +125,11 @@ class ExportConfig:
             raise ExportError("loop must be a number of seconds >= 0")
         if self.multipart_threshold < 1 or self.multipart_chunksize < 1:
             raise ExportError("multipart sizes must be positive")
+        if self.endpoint_url and "@" in urlsplit(self.endpoint_url).netloc:
+            # botocore would print the URL, password included, in every connection error.
+            raise ExportError("the endpoint URL must not hold credentials (user:password@); "
+                              "boto3 takes them from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                              "AWS_PROFILE or ~/.aws")
 
 
 @dataclass

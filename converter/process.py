@@ -107,6 +107,17 @@ class ConverterConfig:
 
     def check(self) -> None:
         """Validate values; fills ``notices`` with what the user should hear once."""
+        for name in ("storage_path", "telemetry_schema", "codec"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, not {getattr(self, name)!r}")
+        for name in ("histogram_cache", "histogram_server", "upload_path", "errors_path",
+                     "heka_server"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string or null, not {getattr(self, name)!r}")
+        if type(self.dedup) is not bool:
+            raise ConfigError(f"dedup must be true or false, not {self.dedup!r}")
+        if type(self.failure_ttl) not in (int, float) or not self.failure_ttl >= 0:
+            raise ConfigError(f"failure_ttl must be a number of seconds, not {self.failure_ttl!r}")
         if not self.storage_path:
             raise ConfigError("no output directory (storage_path / --output) given")
         if not self.telemetry_schema:

@@ -195,6 +195,25 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
     help="Import only files whose dimensions pass this filter.",
 )
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
+@click.option(
+    "--no-aggregates",
+    is_flag=True,
+    help="Do not update the aggregates (docs/aggregates.md) of the imported files.",
+)
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep running: import each published file as it appears (one process; "
+    "SIGTERM finishes the files in hand and exits 0; SIGUSR1 drains).",
+)
+@click.option("--drain", is_flag=True, help="With --follow: import every file there is, then exit.")
+@click.option(
+    "--status-file",
+    type=click.Path(dir_okay=False),
+    help="With --follow: where to write health and lag [default: DATASET/.state/import-status.json].",
+)
 @mongo_options
 def import_(
     dataset,
@@ -211,11 +230,24 @@ def import_(
     schema_path,
     filter_path,
     no_indexes,
+    follow,
+    drain,
+    status_file,
+    no_aggregates,
+    histogram_cache,
+    histogram_server,
     mongo_url,
     mongo_dir,
 ):
     """Load every layout file under DATASET into MongoDB, one document per record."""
-    if not dataset.is_dir():
+    following = follow or drain
+    if following and drop:
+        raise click.UsageError("--drop does not go with --follow")
+    if status_file and not following:
+        raise click.UsageError("--status-file goes with --follow")
+    if following and dataset.exists() and not dataset.is_dir():
+        raise BadSetup(f"dataset {dataset} is not a directory")
+    if not dataset.is_dir() and not following:
         raise BadSetup(f"dataset directory {dataset} does not exist")
     wc = write_concern
     try:
@@ -240,7 +272,11 @@ def import_(
         schema=schema,
         filter=filter,
         create_indexes=not no_indexes,
+        hook=None if no_aggregates else _aggregates_hook(histogram_cache, histogram_server),
     )
+    if following:
+        _follow(dataset, url, options, drain, status_file)
+        return
     bar = _progress_bar()
     try:
         summary = import_dataset(dataset, url, options, progress=bar)
@@ -258,8 +294,40 @@ def import_(
     if summary.files == 0:
         click.echo(f"no layout files under {dataset}", err=True)
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
+    if summary.hook_stats.get("aggregates_unknown_histogram") and not (
+        histogram_cache or histogram_server
+    ):
+        from aggregations.importing import NO_HISTOGRAMS_NOTICE
+
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     if not summary.ok:
         sys.exit(1)
+
+
+def _follow(dataset, url, options, drain, status_file):
+    import logging
+
+    from importer.follow import follow_dataset
+    from pipeline.watcher import Stop
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s importer[%(process)d] %(levelname)s %(message)s"
+    )
+    stop = Stop.on_signals(drain)
+    click.echo(f"following {dataset} into {options.database}.{options.collection}", err=True)
+    try:
+        summary = follow_dataset(dataset, url, options, stop, status_file=status_file)
+    except MongoUnavailable as e:
+        raise BadSetup(str(e)) from None
+    except ImporterError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"imported into {options.database}.{options.collection}: {summary.describe()}")
+
+
+def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):
+    from aggregations.importing import AggregatesHook
+
+    return AggregatesHook(histogram_cache, histogram_server)
 
 
 class _progress_bar:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import pymongo
 from bson import Binary
@@ -42,7 +42,7 @@ from converter.layout import (
 )
 from converter.schema import SUBMISSION_DATE, Schema
 from importer.document import META, SOURCE, DocumentError, make_document
-from importer.errors import DatasetError, ImporterError
+from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.mongo import connect, is_local
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
@@ -73,6 +73,8 @@ class ImportOptions:
     chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
     timeout_ms: int = 5000
+    # Called per chunk of files (``hook.open(db, names)``): aggregations.importing.AggregatesHook.
+    hook: Any = None
 
     def dimension_names(self) -> list[str]:
         return (self.schema or Schema.load(DEFAULT_SCHEMA)).names
@@ -101,6 +103,7 @@ class ChunkResult:
     duplicates: int = 0
     rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
+    hook_stats: dict[str, int] = field(default_factory=dict)  # what the file hook reports
 
     @property
     def records(self) -> int:
@@ -124,6 +127,7 @@ class ImportSummary:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
+    hook_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +147,8 @@ class ImportSummary:
         self.duplicates += chunk.duplicates
         self.bad_records += chunk.rejected
         self.examples.extend(chunk.examples[: max(0, 10 - len(self.examples))])
+        for key, n in chunk.hook_stats.items():
+            self.hook_stats[key] = self.hook_stats.get(key, 0) + n
 
     def describe(self) -> str:
         rate = self.records / self.seconds if self.seconds else 0.0
@@ -157,7 +163,7 @@ class ImportSummary:
             f"{self.inserted} inserted, {self.duplicates} duplicates, "
             f"{self.bad_records} bad records, "
             f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)"
-        )
+        ) + "".join(f", {n} {key.replace('_', ' ')}" for key, n in sorted(self.hook_stats.items()))
 
 
 class Progress(Protocol):
@@ -379,10 +385,11 @@ def import_files(
                 }
             )
         _mark_started(imports, marks, {r.relpath for _, r in todo if r.resumed}, todo)
+        hook = options.hook.open(db, names) if options.hook is not None else None
         writer = _Writer(db, options, chunk)
         try:
             for lf, result in todo:
-                _read_file(lf, names, options, result, writer)
+                _read_file(lf, names, options, result, writer, hook)
             writer.flush_all()
         finally:
             writer.close()
@@ -403,6 +410,8 @@ def import_files(
         ]
         if done:
             imports.bulk_write(done, ordered=False)
+        if hook is not None:
+            chunk.hook_stats = hook.finish(zip(files, chunk.files))
     except (PyMongoError, ImporterError) as e:
         message = f"{type(e).__name__}: {e}"
         for r in chunk.files:
@@ -477,7 +486,12 @@ def file_digest(path: Path) -> str:
 
 
 def _read_file(
-    lf: LayoutFile, names: list[str], options: ImportOptions, result: FileResult, writer: "_Writer"
+    lf: LayoutFile,
+    names: list[str],
+    options: ImportOptions,
+    result: FileResult,
+    writer: "_Writer",
+    hook: Any = None,
 ) -> None:
     kind = (
         "resume"
@@ -495,6 +509,8 @@ def _read_file(
                 result.bad_records += 1
                 writer.example(str(e))
                 continue
+            if hook is not None:
+                hook.record(lf, doc)
             writer.add(kind, doc, len(json_text))
     except LayoutError as e:
         result.error = str(e)
@@ -637,16 +653,27 @@ def _now() -> datetime:
 
 
 _worker_db_client: pymongo.MongoClient | None = None
+_worker_error: MongoUnavailable | None = None
 
 
 def _init_worker(url: str, timeout_ms: int) -> None:
-    """Each worker process opens its own client once (clients do not survive a fork or pickling)."""
-    global _worker_db_client
-    _worker_db_client = connect(url, timeout_ms)
+    """Each worker process opens its own client once (clients do not survive a fork or pickling).
+
+    A server that cannot be reached is remembered and raised by the first
+    task: raised here, it would break the pool, and the user would read that
+    a worker died instead of which server is down.
+    """
+    global _worker_db_client, _worker_error
+    try:
+        _worker_db_client = connect(url, timeout_ms)
+    except MongoUnavailable as e:
+        _worker_error = e
 
 
 def _import_in_worker(
     files: list[LayoutFile], names: list[str], options: ImportOptions
 ) -> ChunkResult:
+    if _worker_error is not None:
+        raise _worker_error
     assert _worker_db_client is not None
     return import_files(_worker_db_client[options.database], files, names, options)

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import orjson
 
-from receiver.config import DURABILITY_MODES, HTTP_SERVERS, ReceiverConfig
+from receiver.config import DURABILITY_MODES, EVENT_LOOPS, HTTP_SERVERS, ReceiverConfig
 from receiver.errors import ConfigError, ReceiverError
 from receiver.rawlog import MAX_INFLATED, DataTooLarge, RawLogError, RawLogReader, ReadStats
 from receiver.replay import replay
@@ -33,6 +33,8 @@ from receiver.replay import replay
               help="fsync: 200 after fdatasync (default); os: after write().")
 @click.option("--http-server", type=click.Choice(HTTP_SERVERS),
               help="fast (default) or tornado front end.")
+@click.option("--event-loop", type=click.Choice(EVENT_LOOPS),
+              help="Event loop of the workers (default uvloop).")
 @click.option("--max-data-length", type=int, help="Largest body in bytes (413 above).")
 @click.option("--max-path-length", type=int, help="Longest path after the prefix (414 above).")
 @click.option("--max-log-size", type=int, help="Rotate a raw log past this many bytes.")
@@ -46,6 +48,13 @@ from receiver.replay import replay
               help="Seconds to let in-flight requests finish at shutdown.")
 @click.option("--idle-connection-timeout", type=float,
               help="Close connections idle this many seconds.")
+@click.option("--header-timeout", type=float,
+              help="Seconds a client gets to send a request's headers.")
+@click.option("--body-timeout", type=float,
+              help="Seconds a client gets to send a request's body.")
+@click.option("--max-header-length", type=int,
+              help="Largest header block in bytes, request line excluded (431 above).")
+@click.option("--max-connections", type=int, help="Open connections per worker.")
 @click.option("--stats-flush-ms", type=int, help="How often the stats log is written out.")
 @click.option("--hostname", help="Host name used in raw-log file names.")
 @click.option("--motd", help="Message printed at start-up.")

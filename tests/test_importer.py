@@ -370,6 +370,25 @@ def test_an_insert_ends_at_the_byte_limit(generated, mongo_url, mongo_db):
     assert sum(t >= 100_000 for t in totals) >= len(totals) - 1 > 5
 
 
+def test_worker_that_cannot_reach_the_server_says_so(tmp_path):
+    """Found by bench/chaos.py (the server SIGKILLed mid-import): a worker started after the
+    server died broke the pool with a traceback, and the user read "a worker process died"."""
+    import socket
+
+    from importer import importer as imp
+    from importer.errors import MongoUnavailable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"mongodb://127.0.0.1:{s.getsockname()[1]}/"
+    try:
+        imp._init_worker(dead, 300)  # must not raise: that would break the pool
+        with pytest.raises(MongoUnavailable, match="cannot reach MongoDB at mongodb://127.0.0.1"):
+            imp._import_in_worker([], ["reason"], ImportOptions())
+    finally:
+        imp._worker_error = imp._worker_db_client = None
+
+
 def test_a_dropped_collection_is_imported_again_not_trusted_to_the_bookkeeping(
     tmp_path, mongo_url, mongo_db
 ):

@@ -271,6 +271,12 @@ def test_default_schema_is_the_packaged_original(tmp_path, fixtures_dir):
      "memory_constraint"),
     ({"telemetry_schema": "s"}, "output"),
     ([1], "object"),
+    # Found by bench/fuzz.py: a wrong type reached a set lookup or Path() and raised TypeError.
+    ({"storage_path": "o", "codec": ["zst"]}, "codec must be a string"),
+    ({"storage_path": ["o"]}, "storage_path must be a string"),
+    ({"storage_path": "o", "histogram_server": {"url": 1}}, "histogram_server"),
+    ({"storage_path": "o", "dedup": "yes"}, "dedup"),
+    ({"storage_path": "o", "failure_ttl": None}, "failure_ttl"),
 ])
 def test_bad_config(data, words):
     with pytest.raises(ConfigError, match=words):
