@@ -803,6 +803,8 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True,
               help="Seconds to wait for one response.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
 @click.option("--give-up-after", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop when N records in a row got no answer after every attempt "
                    "[default: max(4, --concurrency)].")
@@ -812,7 +814,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, delete: bool,
            proxy: str | None, concurrency: int, rate: float | None, follow: bool,
            state: Path | None, seed: int, attempts: int, timeout: float,
-           give_up_after: int | None, ca_file: Path | None) -> None:
+           give_up_after: int | None, ca_file: Path | None, progress: bool | None) -> None:
     """Send the submissions in raw logs RAW... (files, or directories of .finished files) to --dest.
 
     The raw logs are only read, never changed.  Exit status 1 when a record
@@ -824,7 +826,8 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
         config = ReplayConfig(sources=list(raw), dest=dest, sample=sample, copy_keys=copy_keys,
                               delete=delete, proxy=proxy, concurrency=concurrency, rate=rate,
                               follow=follow, state=state, seed=seed, attempts=attempts,
-                              timeout=timeout, ca_file=ca_file, progress=sys.stderr.isatty(),
+                              timeout=timeout, ca_file=ca_file,
+                              progress=sys.stderr.isatty() if progress is None else progress,
                               give_up_after=give_up_after)
     except ReplayError as e:
         raise click.UsageError(str(e)) from None

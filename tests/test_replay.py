@@ -755,3 +755,12 @@ def test_unknown_placeholders_in_the_destination_are_refused(tmp_path, dest):
     assert result.exit_code == 2 and "is neither the %k placeholder" in result.output
     # escapes stay allowed
     ReplayConfig(sources=[tmp_path / "raw"], dest="http://h/a%20b/%k")
+
+
+def test_progress_can_be_asked_for_off_a_terminal(server, tmp_path):
+    target = server()
+    write_raw_dir(tmp_path / "raw", make_raw_records(10))
+    result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest",
+                                         target.url + "/submit/telemetry/%k", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "replay:" in result.stderr and "rec" in result.stderr.split("replay: 1 files")[0]
