@@ -72,7 +72,7 @@ class ImportOptions:
     create_indexes: bool = True
     chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
-    timeout_ms: int = 5000
+    timeout_ms: int = 3000  # server selection and connect, as documented (docs/mongo.md)
     # Called per chunk of files (``hook.open(db, names)``): aggregations.importing.AggregatesHook.
     hook: Any = None
 

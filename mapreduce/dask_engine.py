@@ -36,7 +36,8 @@ class DaskEngine:
                            "pip install 'telemetry-platform[dask]'") from None
         try:
             if self.scheduler:
-                self._client = Client(self.scheduler, timeout="30s")
+                _check_reachable(self.scheduler)
+                self._client = Client(self.scheduler, timeout=SCHEDULER_TIMEOUT)
             else:
                 self._cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                              processes=True, host="127.0.0.1",
@@ -93,3 +94,27 @@ class DaskEngine:
                 if not future.done():
                     future.cancel()
         return [results[t.index] for t in tasks]
+
+
+# How long a scheduler that accepts connections may take to answer the client.
+SCHEDULER_TIMEOUT = "10s"
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once when nothing listens at a tcp:// scheduler address.
+
+    Dask's client retries a refused connection until its timeout; a wrong
+    address or a scheduler that is down is known after one connection attempt.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme != "tcp" or not parts.hostname:
+        return  # tls://, inproc://...: left to Dask
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 8786), timeout=timeout):
+            pass
+    except OSError as e:
+        raise OSError(f"nothing answers at {parts.hostname}:{parts.port or 8786} "
+                      f"({e.strerror or e})") from None

@@ -74,3 +74,17 @@ def test_cli_runs_the_dask_engine_on_a_scheduler(tmp_path, scheduler, fixtures_d
         "--engine", "dask", "--scheduler", scheduler])
     assert res.exit_code == 0, res.output
     assert out.read_text() == "WINNT\t5\n"
+
+
+def test_an_unreachable_scheduler_is_reported_at_once(tmp_path):
+    import socket
+
+    from mapreduce.dask_engine import DaskEngine
+    from mapreduce.errors import JobError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(JobError, match="cannot reach the Dask scheduler .*Connection refused"):
+        with DaskEngine(address, 1):
+            pass
