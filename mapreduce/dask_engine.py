@@ -55,11 +55,15 @@ class DaskEngine:
 
     def run(self, map_tasks: Sequence[MapTask], reduce_tasks: Sequence[ReduceTask],
             progress: Progress) -> tuple[list[MapResult], list[ReduceResult]]:
-        progress.phase("map", sum(len(t.files) for t in map_tasks))
-        maps = self._gather(run_map_task, map_tasks, progress)
-        progress.phase("reduce", len(reduce_tasks), unit="task")
-        reduces = self._gather(run_reduce_task, reduce_tasks, progress)
-        return maps, reduces
+        return self.map(map_tasks, progress), self.reduce(reduce_tasks, progress)
+
+    def map(self, tasks: Sequence[MapTask], progress: Progress) -> list[MapResult]:
+        progress.phase("map", sum(len(t.files) for t in tasks))
+        return self._gather(run_map_task, tasks, progress)
+
+    def reduce(self, tasks: Sequence[ReduceTask], progress: Progress) -> list[ReduceResult]:
+        progress.phase("reduce", len(tasks), unit="task")
+        return self._gather(run_reduce_task, tasks, progress)
 
     def _gather(self, fn: Any, tasks: Sequence[Any], progress: Progress) -> list[Any]:
         from distributed import as_completed
