@@ -3,8 +3,8 @@
 
 Measures, in one run on the same files: a plain single-process loop (read
 each file, parse each record, count OS) as the baseline; the job on the local
-engine with 1 and 2 mappers; and on the Dask engine (a LocalCluster of 2
-workers, started outside the timing).  The figures are taken in rounds (each
+engine with 1 and 2 mappers; and on the Dask engine (the LocalCluster of 2
+workers that ``--engine dask`` starts by itself, started outside the timing).  The figures are taken in rounds (each
 round times every row once, in turn) and the best of ``--repeat`` rounds is
 kept, so a burst of load from elsewhere slows one round, not one row: on a
 shared machine compare figures from the same run only.
@@ -147,10 +147,10 @@ def main() -> None:
                 continue
             cluster = scheduler = None
             if engine == "dask":
-                from distributed import LocalCluster
+                from mapreduce.dask_engine import local_cluster
 
-                cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+                # The cluster --engine dask starts without --scheduler, started untimed.
+                cluster = local_cluster(2)
                 scheduler = cluster.scheduler_address
             try:
                 for label, _, m in block:
