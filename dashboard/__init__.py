@@ -1,0 +1,1 @@
+"""The aggregates API server and the dashboard page it serves."""

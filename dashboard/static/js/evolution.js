@@ -1,0 +1,102 @@
+// The evolution view: per date, the median, mean and chosen percentiles of
+// each series (or "% in bucket" for categorical kinds), and a second chart
+// with pings and samples per date. Returns what it drew.
+
+import * as H from "./histogram.js";
+import {isoDate} from "./dom.js";
+
+const COLORS = ["#0b63ce", "#e8710a", "#188038", "#a142f4", "#d93025", "#12a4af", "#8d6e63", "#f538a0"];
+const DASH = {p50: "solid", mean: "dot", p5: "dashdot", p25: "dash", p75: "dash", p95: "dashdot"};
+const STAT_NAME = {p50: "median", mean: "mean", p5: "p5", p25: "p25", p75: "p75", p95: "p95"};
+const MAX_CATEGORIES = 8;
+
+export function renderEvolution(meta, series, state) {
+  const {buckets, kind} = meta;
+  const n = buckets.length;
+  const categorical = H.isCategorical(kind);
+  const perDate = series.map((s) => ({
+    ...s,
+    points: s.entries.map((e) => {
+      const samples = H.total(e.histogram);
+      const p = {date: e.date, pings: e.count, samples};
+      if (categorical) {
+        e.histogram.forEach((v, i) => (p[`b${i}`] = samples ? (100 * v) / samples : 0));
+      } else {
+        p.mean = H.mean(buckets, e.histogram, kind);
+        for (const q of H.PERCENTILES) p[`p${q}`] = H.percentile(buckets, e.histogram, kind, q);
+      }
+      return p;
+    }),
+  }));
+
+  let stats;
+  if (categorical) {
+    // The buckets that hold samples, largest first, unless chosen in the URL.
+    const chosen = state.stats.filter((s) => /^b\d+$/.test(s) && parseInt(s.slice(1), 10) < n);
+    if (chosen.length) stats = chosen;
+    else {
+      const totals = new Array(n).fill(0);
+      for (const s of series) for (const e of s.entries) e.histogram.forEach((v, i) => (totals[i] += v));
+      stats = totals.map((t, i) => [t, i]).filter(([t]) => t > 0).sort((a, b) => b[0] - a[0])
+        .slice(0, MAX_CATEGORIES).map(([, i]) => `b${i}`).sort((a, b) => parseInt(a.slice(1)) - parseInt(b.slice(1)));
+    }
+  } else {
+    stats = state.stats.filter((s) => STAT_NAME[s]);
+    if (!stats.length) stats = ["p50"];
+  }
+  const statName = (s) => (categorical ? `% in ${H.formatBound(buckets[parseInt(s.slice(1), 10)])}` : STAT_NAME[s]);
+
+  const traces = [];
+  perDate.forEach((s, k) => {
+    const x = s.points.map((p) => isoDate(p.date));
+    stats.forEach((stat, j) => {
+      traces.push({
+        type: "scatter", mode: "lines+markers", name: series.length > 1 ? `${s.name} ${statName(stat)}` : statName(stat),
+        x, y: s.points.map((p) => p[stat]),
+        line: {color: COLORS[(categorical ? j : k) % COLORS.length], dash: categorical ? (k ? "dash" : "solid") : DASH[stat]},
+        marker: {size: 5},
+      });
+    });
+  });
+  const unit = categorical ? "% of samples" : meta.metric;
+  const xTitle = state.by === "build_id" ? "build ID (date)" : "submission date";
+  Plotly.react("chart-main", traces, {
+    margin: {t: 30, r: 20, b: 50, l: 70},
+    title: {text: `${meta.metric}: ${categorical ? "% in bucket" : stats.map(statName).join(", ")} by ${xTitle}`, font: {size: 14}},
+    xaxis: {type: "date", title: {text: xTitle}}, yaxis: {title: {text: unit}, rangemode: "tozero"},
+    legend: {orientation: "h"}, hovermode: "x unified",
+  }, {displaylogo: false, responsive: true});
+
+  const counts = [];
+  perDate.forEach((s, k) => {
+    const x = s.points.map((p) => isoDate(p.date));
+    const prefix = series.length > 1 ? `${s.name} ` : "";
+    counts.push({type: "bar", name: `${prefix}pings`, x, y: s.points.map((p) => p.pings),
+                 marker: {color: COLORS[k % COLORS.length]}, opacity: 0.6});
+    counts.push({type: "scatter", mode: "lines", name: `${prefix}samples`, x, y: s.points.map((p) => p.samples),
+                 yaxis: "y2", line: {color: COLORS[k % COLORS.length], width: 1}});
+  });
+  Plotly.react("chart-second", counts, {
+    margin: {t: 30, r: 70, b: 40, l: 70}, barmode: "group",
+    title: {text: "pings and samples per date", font: {size: 13}},
+    xaxis: {type: "date"}, yaxis: {title: {text: "pings"}},
+    yaxis2: {title: {text: "samples"}, overlaying: "y", side: "right", rangemode: "tozero"},
+    legend: {orientation: "h"},
+  }, {displaylogo: false, responsive: true});
+
+  const columns = ["series", "date", "pings", "samples", ...stats.map((s) => statName(s).replace(/ /g, "_"))];
+  const rows = [];
+  for (const s of perDate) for (const p of s.points) rows.push([s.name, p.date, p.pings, p.samples, ...stats.map((st) => p[st])]);
+  return {
+    name: `${meta.metric}-evolution`,
+    columns,
+    rows,
+    json: {
+      view: "evolution", metric: meta.metric, kind, description: meta.description, by: meta.by,
+      stats: stats.map(statName),
+      series: perDate.map((s) => ({name: s.name, channel_version: s.cv, compare: s.compareValue, label: s.label,
+                                   points: s.points.map((p) => ({date: p.date, pings: p.pings, samples: p.samples,
+                                                                  ...Object.fromEntries(stats.map((st) => [statName(st), p[st]]))}))})),
+    },
+  };
+}
