@@ -81,11 +81,20 @@ export async function aggregates(by, channel, version, dateList, metric, filters
     current.push(d);
   }
   if (current.length) chunks.push(current);
-  const answers = await Promise.all(chunks.map((ds) => {
-    const q = new URLSearchParams({version, dates: ds.join(","), metric});
-    for (const [k, v] of extra) q.set(k, v);
-    return getJSON(base + q.toString(), {notFound: "null"});
-  }));
+  let answers;
+  try {
+    answers = await Promise.all(chunks.map((ds) => {
+      const q = new URLSearchParams({version, dates: ds.join(","), metric});
+      for (const [k, v] of extra) q.set(k, v);
+      return getJSON(base + q.toString(), {notFound: "null"});
+    }));
+  } catch (e) {
+    if (!(e instanceof ApiError)) throw e;
+    // The URL holds every date: name the request by what it asked for instead.
+    const asked = [`version=${version}`, `metric=${metric}`, ...[...extra].map(([k, v]) => `${k}=${v}`),
+                   `${dateList.length} dates`].join(" ");
+    throw new ApiError(e.message.replace(/^\S+ answered/, `${base.slice(0, -1)} (${asked}) answered`), e.status);
+  }
   const found = answers.filter((a) => a !== null);
   if (!found.length) return null;
   const out = {buckets: found[0].buckets, kind: found[0].kind, description: found[0].description, data: []};

@@ -48,11 +48,11 @@ export function renderDistribution(meta, series, state) {
     customdata: shown.map((i) => buckets[i]),
   }));
   const layout = {
-    margin: {t: 30, r: 20, b: 60, l: 70}, barmode: "group", bargap: 0.05,
+    margin: {t: 30, r: 20, b: 80, l: 70}, barmode: "group", bargap: 0.05,
     title: {text: `${meta.metric}: ${measure} per bucket (lower bound)`, font: {size: 14}},
     xaxis: {type: "category", tickangle: -45, automargin: true},
     yaxis: {title: {text: measure}},
-    showlegend: combined.length > 1, legend: {orientation: "h"},
+    showlegend: combined.length > 1 && !side, legend: {orientation: "h", y: -0.25},
   };
   if (side) {
     layout.grid = {rows: 1, columns: combined.length, pattern: "independent"};

@@ -59,29 +59,36 @@ export function renderEvolution(meta, series, state) {
     });
   });
   const unit = categorical ? "% of samples" : meta.metric;
+  const jump = largestJump(perDate[0].points, stats[0]);
+  const annotations = jump ? [{
+    x: isoDate(jump.date), y: jump.value, ax: 0, ay: -40, showarrow: true, arrowhead: 2,
+    text: `largest change: ${jump.change > 0 ? "+" : ""}${(100 * jump.change).toFixed(0)}% ${statName(stats[0])}` +
+          ` at ${state.by === "build_id" ? "build" : ""} ${jump.date}`,
+    bgcolor: "#fff8e1", bordercolor: "#e8710a",
+  }] : [];
   const xTitle = state.by === "build_id" ? "build ID (date)" : "submission date";
   Plotly.react("chart-main", traces, {
     margin: {t: 30, r: 20, b: 50, l: 70},
     title: {text: `${meta.metric}: ${categorical ? "% in bucket" : stats.map(statName).join(", ")} by ${xTitle}`, font: {size: 14}},
-    xaxis: {type: "date", title: {text: xTitle}}, yaxis: {title: {text: unit}, rangemode: "tozero"},
-    legend: {orientation: "h"}, hovermode: "x unified",
+    xaxis: {type: "date"}, yaxis: {title: {text: unit}, rangemode: "tozero"},
+    legend: {orientation: "h", y: -0.12}, hovermode: "x unified", annotations,
   }, {displaylogo: false, responsive: true});
 
   const counts = [];
   perDate.forEach((s, k) => {
     const x = s.points.map((p) => isoDate(p.date));
     const prefix = series.length > 1 ? `${s.name} ` : "";
-    counts.push({type: "bar", name: `${prefix}pings`, x, y: s.points.map((p) => p.pings),
-                 marker: {color: COLORS[k % COLORS.length]}, opacity: 0.6});
+    counts.push({type: "scatter", mode: "lines", name: `${prefix}pings`, x, y: s.points.map((p) => p.pings),
+                 line: {color: COLORS[k % COLORS.length], width: 2}});
     counts.push({type: "scatter", mode: "lines", name: `${prefix}samples`, x, y: s.points.map((p) => p.samples),
-                 yaxis: "y2", line: {color: COLORS[k % COLORS.length], width: 1}});
+                 yaxis: "y2", line: {color: COLORS[k % COLORS.length], width: 1, dash: "dot"}});
   });
   Plotly.react("chart-second", counts, {
-    margin: {t: 30, r: 70, b: 40, l: 70}, barmode: "group",
+    margin: {t: 30, r: 70, b: 40, l: 70},
     title: {text: "pings and samples per date", font: {size: 13}},
     xaxis: {type: "date"}, yaxis: {title: {text: "pings"}},
     yaxis2: {title: {text: "samples"}, overlaying: "y", side: "right", rangemode: "tozero"},
-    legend: {orientation: "h"},
+    legend: {orientation: "h", y: -0.2},
   }, {displaylogo: false, responsive: true});
 
   const columns = ["series", "date", "pings", "samples", ...stats.map((s) => statName(s).replace(/ /g, "_"))];
@@ -99,4 +106,25 @@ export function renderEvolution(meta, series, state) {
                                                                   ...Object.fromEntries(stats.map((st) => [statName(st), p[st]]))}))})),
     },
   };
+}
+
+/**
+ * The biggest lasting step in one line: at each date, the median of the next
+ * few values against the median of the few before, so that one noisy date
+ * does not count but a build where a regression lands does.
+ */
+export function largestJump(points, stat, window = 3) {
+  const med = (xs) => {
+    const v = xs.filter((x) => x !== null && x !== undefined).sort((a, b) => a - b);
+    return v.length ? v[Math.floor((v.length - 1) / 2)] : null;
+  };
+  let best = null;
+  for (let i = 2; i <= points.length - 2; i++) {
+    const before = med(points.slice(Math.max(0, i - window), i).map((p) => p[stat]));
+    const after = med(points.slice(i, i + window).map((p) => p[stat]));
+    if (!before || after === null) continue;
+    const change = (after - before) / Math.abs(before);
+    if (!best || Math.abs(change) > Math.abs(best.change)) best = {date: points[i].date, value: points[i][stat], change};
+  }
+  return best && Math.abs(best.change) >= 0.1 ? best : null;
 }

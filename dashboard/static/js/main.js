@@ -28,7 +28,9 @@ window.__dashboard = {
   lastDrawMs: null,  // time spent drawing by the last refresh
 };
 
+/** The status line; "empty" and "error" also take away what was drawn, so nothing stale stays. */
 function setStatus(kind, message) {
+  if (kind === "empty" || kind === "error") clearView();
   const s = $("status");
   s.className = "status " + kind;
   s.textContent = message;
@@ -63,7 +65,7 @@ function describe(ch, v) {
   const range = state.start || state.end
     ? ` between ${state.start ? isoDate(state.start) : "the first date"} and ${state.end ? isoDate(state.end) : "the last date"}`
     : "";
-  const filters = FILTER_KEYS.filter((k) => state[k]).map((k) => `${k} ${state[k]}`);
+  const filters = FILTER_KEYS.filter((k) => state[k]).map((k) => `${k} ${state[k].replace(",", " ")}`);
   return parts[0] + range + ` (by ${BY_NAME[state.by]})` + (filters.length ? ` with ${filters.join(", ")}` : "");
 }
 
@@ -77,7 +79,10 @@ async function refresh() {
     q.view = a.dataset.view;
     a.href = location.pathname + serialize(q);
   }
-  clearView();
+  // Charts stay while the next data loads (Plotly.react then redraws them cheaply), except
+  // across views, which draw different charts.
+  if (document.body.dataset.drawnView !== state.view) clearView();
+  document.body.dataset.drawnView = state.view;
   try {
     if (state.view === "ops") {
       $("ops").hidden = false;
@@ -94,7 +99,6 @@ async function refresh() {
     await load(stale);
   } catch (e) {
     if (stale()) return;
-    clearView();
     setStatus("error", e instanceof api.ApiError ? `The API failed: ${e.message}` : `Error: ${e.message}`);
     if (!(e instanceof api.ApiError)) console.warn(e);
   } finally {
@@ -143,6 +147,11 @@ async function load(stale) {
   $("metric-list").replaceChildren(...metrics.map((m) => el("option", {value: m})));
   if (!state.metric) state.metric = metrics[0] || "";
   $("metric").value = state.metric;
+  if (state.metric && !metrics.includes(state.metric)) {
+    setStatus("empty", `${state.metric} is not a measure recorded for ${channel} ${state.version} ` +
+      `(${metrics.length} are: pick one from the list).`);
+    return;
+  }
   if (!state.metric) {
     setStatus("empty", `No measures recorded for ${channel} ${state.version}.`);
     return;
@@ -196,7 +205,7 @@ async function load(stale) {
       console.warn(`series ${p.cv} has ${a.buckets.length} buckets, not ${buckets.length}: left out`);
       return;
     }
-    const base = [plan.length > 1 && state.more.length ? p.cv : "", p.compareValue ?? ""].filter(Boolean).join(" ");
+    const base = [state.more.length ? p.cv : "", (p.compareValue ?? "").replace(",", " ")].filter(Boolean).join(" ");
     const groups = chosen.length ? chosen.map((l) => [l, a.data.filter((e) => e.label === l)]) : [["", a.data]];
     for (const [label, data] of groups) {
       series.push({name: [base, label].filter(Boolean).join(" ") || `${p.ch} ${p.v}`, cv: p.cv,
@@ -216,6 +225,8 @@ async function load(stale) {
   if (missing.length) notes.push(`no pings for ${missing.join(", ")}`);
   const meta = {metric: state.metric, kind, buckets, description, by: state.by};
   const t0 = performance.now();
+  $("summary").replaceChildren();
+  $("table-box").replaceChildren();
   drawn = state.view === "evo" ? renderEvolution(meta, series, state) : renderDistribution(meta, series, state);
   window.__dashboard.lastDrawMs = performance.now() - t0;
   setStatus("ok", `${state.metric} (${kind}): ${description ? description.replace(/<[^>]*>/g, "") : "no description"}` +

@@ -3,8 +3,8 @@
 
 import {el, table, formatCell} from "./dom.js";
 
-function chart(id) {
-  return el("div", {id, class: "chart"});
+function chart(id, empty) {
+  return empty ? el("p", {id, class: "empty", text: empty}) : el("div", {id, class: "chart"});
 }
 
 function seconds(s) {
@@ -21,8 +21,12 @@ export function renderOperations(box, summary) {
   box.replaceChildren(
     el("p", {class: "generated"}, `As of ${summary.generated_at} (${summary.window_minutes} minutes of stats log)`),
     summary.problems?.length ? el("ul", {class: "problems"}, summary.problems.map((p) => el("li", {text: p}))) : null,
-    el("h2", {text: "Submissions per minute by channel"}), chart("ops-rate"),
-    el("h2", {text: "HTTP status codes"}), chart("ops-codes"),
+    el("h2", {text: "Submissions per minute by channel"}),
+    chart("ops-rate", (r.per_minute || []).length ? null
+      : r.stats_log ? "No submissions in the stats log's last window." : "The stats log is not configured."),
+    el("h2", {text: "HTTP status codes"}),
+    chart("ops-codes", Object.keys(r.status_codes || {}).length ? null
+      : r.stats_log ? "No requests in the stats log's last window." : "The stats log is not configured."),
     el("h2", {text: "Converter rejections by reason"}),
     Object.keys(c.rejected || {}).length
       ? table(["reason", "records"], Object.entries(c.rejected).sort((a, b) => b[1] - a[1]), {id: "ops-rejected"})
@@ -42,14 +46,12 @@ export function renderOperations(box, summary) {
     const pts = perMinute.filter((p) => p.channel === ch);
     return {type: "bar", name: ch, x: pts.map((p) => p.minute), y: pts.map((p) => p.count)};
   });
-  Plotly.react("ops-rate", rate, {
+  if (rate.length) Plotly.react("ops-rate", rate, {
     barmode: "stack", margin: {t: 10, r: 20, b: 40, l: 60}, xaxis: {type: "date"},
     yaxis: {title: {text: "submissions / min"}}, legend: {orientation: "h"},
-    annotations: rate.length ? [] : [{text: r.stats_log ? "no submissions in the window" : "stats log not configured",
-                                      showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5}],
   }, {displaylogo: false, responsive: true});
   const codes = Object.entries(r.status_codes || {}).sort();
-  Plotly.react("ops-codes", [{type: "bar", x: codes.map(([k]) => String(k)), y: codes.map(([, v]) => v),
+  if (codes.length) Plotly.react("ops-codes", [{type: "bar", x: codes.map(([k]) => String(k)), y: codes.map(([, v]) => v),
                               marker: {color: codes.map(([k]) => (k < "400" ? "#188038" : k < "500" ? "#e8710a" : "#d93025"))}}], {
     margin: {t: 10, r: 20, b: 40, l: 60}, xaxis: {type: "category", title: {text: "status"}},
     yaxis: {title: {text: "requests"}},
