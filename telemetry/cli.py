@@ -27,6 +27,7 @@ COMMANDS = {
     "compare": "aggregations.cli",
     "mapreduce": "mapreduce.cli",
     "demo": "telemetry.demo",
+    "simulate": "fleet.cli",
 }
 
 
