@@ -17,7 +17,6 @@ from dashboard.page import routes
 from histogram_reference import exponential_bounds, ref_mean, ref_percentile
 
 
-
 def cases():
     rng = random.Random(14)
     out = [
