@@ -182,6 +182,15 @@ def _iso(ts: float | datetime | None) -> str | None:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+async def read_imports(db, collection: str = "imports") -> dict[str, Any]:
+    """The importer's progress from its ``imports`` collection (``db`` a PyMongo ``AsyncDatabase``)."""
+    coll = db[collection]
+    newest = await coll.find_one({"state": "done"}, sort=[("finished_at", -1)], projection={"finished_at": 1})
+    return {"files_done": await coll.count_documents({"state": "done"}),
+            "files_started": await coll.count_documents({"state": "started"}),
+            "newest_finished_at": newest.get("finished_at") if newest else None}
+
+
 class Operations:
     """Builds the summary; keep one per server so sidecar counts are not re-read."""
 
@@ -189,8 +198,25 @@ class Operations:
         self.config = config
         self._sidecars = _SidecarCounts()
 
-    def summary(self, db=None, metrics_text: str | None = None) -> dict[str, Any]:
-        """The whole summary; ``db`` is a PyMongo database holding the imports collection."""
+    async def summary_async(self, db=None, metrics_text: str | None = None) -> dict[str, Any]:
+        """:meth:`summary` for a server: files are read in a thread, the database asked asynchronously."""
+        import asyncio
+
+        imports = None
+        problem = None
+        if db is not None:
+            try:
+                imports = await read_imports(db, self.config.imports_collection)
+            except Exception as e:  # noqa: BLE001 - any database failure is reported, never a 500
+                problem = f"cannot read the {self.config.imports_collection} collection: {type(e).__name__}: {e}"
+        out = await asyncio.get_running_loop().run_in_executor(None, self.summary, imports, metrics_text)
+        if problem:
+            out["problems"] = [p for p in out["problems"] if not p.startswith("no database")] + [problem]
+        return out
+
+    def summary(self, imports_state: dict[str, Any] | None = None,
+                metrics_text: str | None = None) -> dict[str, Any]:
+        """The whole summary; ``imports_state`` is what :func:`read_imports` found (None: no database)."""
         cfg = self.config
         problems: list[str] = []
         out: dict[str, Any] = {"generated_at": _iso(datetime.now(timezone.utc)),
@@ -231,26 +257,20 @@ class Operations:
         else:
             problems.append("no raw log directory given (--raw-logs): import lag unknown")
         imports["newest_raw_finished"] = _iso(raw_newest)
-        if db is not None:
-            try:
-                coll = db[cfg.imports_collection]
-                newest = coll.find_one({"state": "done"}, sort=[("finished_at", -1)],
-                                       projection={"finished_at": 1})
-                imports["files_done"] = coll.count_documents({"state": "done"})
-                imports["files_started"] = coll.count_documents({"state": "started"})
-                finished_at = newest.get("finished_at") if newest else None
-                imports["newest_imported"] = _iso(finished_at)
-                if isinstance(finished_at, datetime):
-                    if finished_at.tzinfo is None:
-                        finished_at = finished_at.replace(tzinfo=timezone.utc)
-                    done_ts = finished_at.timestamp()
-                    if raw_newest is not None:
-                        imports["lag_seconds"] = max(0.0, raw_newest - done_ts)
-                        imports["raw_files_waiting"] = sum(1 for m in raw_mtimes if m > done_ts)
-                elif raw_newest is not None:
-                    imports["raw_files_waiting"] = len(raw_mtimes)
-            except Exception as e:  # noqa: BLE001 - any database failure is reported, never a 500
-                problems.append(f"cannot read the {cfg.imports_collection} collection: {type(e).__name__}: {e}")
+        if imports_state is not None:
+            imports["files_done"] = imports_state["files_done"]
+            imports["files_started"] = imports_state["files_started"]
+            finished_at = imports_state["newest_finished_at"]
+            imports["newest_imported"] = _iso(finished_at)
+            if isinstance(finished_at, datetime):
+                if finished_at.tzinfo is None:
+                    finished_at = finished_at.replace(tzinfo=timezone.utc)
+                done_ts = finished_at.timestamp()
+                if raw_newest is not None:
+                    imports["lag_seconds"] = max(0.0, raw_newest - done_ts)
+                    imports["raw_files_waiting"] = sum(1 for m in raw_mtimes if m > done_ts)
+            elif raw_newest is not None:
+                imports["raw_files_waiting"] = len(raw_mtimes)
         else:
             problems.append("no database: import progress unknown")
         out["imports"] = imports

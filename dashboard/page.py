@@ -11,7 +11,6 @@ and is cached for a year.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +83,7 @@ class OperationsHandler(tornado.web.RequestHandler):
                 metrics_text = response.body.decode("utf-8", "replace")
             except Exception as e:  # noqa: BLE001 - a receiver that is down is news, not a 500
                 problems.append(f"cannot read {url.rstrip('/')}/metrics: {e}")
-        database = self.database() if callable(self.database) else self.database
-        summary = await asyncio.get_running_loop().run_in_executor(
-            None, self.operations.summary, database, metrics_text)
+        summary = await self.operations.summary_async(self.database, metrics_text)
         summary["problems"][:0] = problems
         self.write(summary)
 
@@ -102,8 +99,8 @@ def page_html() -> bytes:
 def routes(operations: OperationsConfig | None = None, database: Any = None) -> list[tuple]:
     """The page's URL rules, to add to the API server's application.
 
-    ``database`` is a PyMongo database (or a function returning one) that
-    holds the importer's ``imports`` collection, for the operations view.
+    ``database`` is a PyMongo ``AsyncDatabase`` that holds the importer's
+    ``imports`` collection, for the operations view.
     """
     vendor = plotly_js()
     return [

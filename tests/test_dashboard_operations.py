@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
 import orjson
+import pymongo
 import pytest
 import requests
 
@@ -77,7 +79,15 @@ def test_summary_counts_rejections_and_import_lag(recorded, mongo_url, mongo_db,
     import_dataset(layout, mongo_url, ImportOptions(database=mongo_db.name))
     ops = Operations(OperationsConfig(stats_log=str(base / "stats.log"), raw_logs=str(base / "raw"),
                                       errors_dir=str(base / "errors")))
-    summary = ops.summary(mongo_db, recorded["metrics"])
+
+    async def ask(metrics=None):
+        client = pymongo.AsyncMongoClient(mongo_url)
+        try:
+            return await ops.summary_async(client[mongo_db.name], metrics)
+        finally:
+            await client.close()
+
+    summary = asyncio.run(ask(recorded["metrics"]))
     assert summary["converter"]["rejected"] == recorded["rejected"]
     assert summary["receiver"]["metrics"]['receiver_requests_total{code="200"}'] == sum(recorded["sent"].values())
     imports = summary["imports"]
@@ -89,7 +99,7 @@ def test_summary_counts_rejections_and_import_lag(recorded, mongo_url, mongo_db,
     [raw] = [p for p in (base / "raw").iterdir() if p.name.endswith(".finished")][:1]
     later = time.time() + 3600
     os.utime(raw, (later, later))
-    imports = ops.summary(mongo_db)["imports"]
+    imports = asyncio.run(ask())["imports"]
     assert imports["raw_files_waiting"] == 1
     assert 3500 < imports["lag_seconds"] < 3700
     orjson.dumps(summary)  # the endpoint answers it as JSON
@@ -98,12 +108,25 @@ def test_summary_counts_rejections_and_import_lag(recorded, mongo_url, mongo_db,
 def test_missing_sources_are_named_not_fatal(tmp_path):
     ops = Operations(OperationsConfig(stats_log=str(tmp_path / "none.log"), raw_logs=str(tmp_path / "nope"),
                                       errors_dir=str(tmp_path / "no-errors")))
-    summary = ops.summary(None)
+    summary = ops.summary()
     text = " | ".join(summary["problems"])
     assert "cannot read the stats log" in text and "does not exist" in text
     assert "cannot list the raw logs" in text and "no database" in text
     assert summary["receiver"]["per_minute"] == [] and summary["imports"]["lag_seconds"] is None
-    assert len(Operations(OperationsConfig()).summary(None)["problems"]) == 4
+    assert len(Operations(OperationsConfig()).summary()["problems"]) == 4
+
+
+def test_a_database_that_fails_is_a_problem_not_an_error(tmp_path):
+    async def ask():
+        client = pymongo.AsyncMongoClient("mongodb://127.0.0.1:9/", serverSelectionTimeoutMS=200)
+        try:
+            return await Operations(OperationsConfig()).summary_async(client["x"])
+        finally:
+            await client.close()
+
+    problems = asyncio.run(ask())["problems"]
+    assert any(p.startswith("cannot read the imports collection: ServerSelectionTimeoutError") for p in problems)
+    assert not any(p.startswith("no database") for p in problems)
 
 
 def test_parse_metrics():
