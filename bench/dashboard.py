@@ -38,6 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from dashboard.screenshots import CHROMIUM_FLAGS  # noqa: E402
 
+# ``telemetry`` as a subprocess of this interpreter (the package has no __main__).
+TELEMETRY = [sys.executable, "-c", "from telemetry.cli import main; main()"]
+
 
 def build(work: Path, pings: int, days: int) -> tuple[str, object]:
     """Simulated pings through converter and importer into an embedded server kept in ``work``."""
@@ -74,7 +77,7 @@ def build(work: Path, pings: int, days: int) -> tuple[str, object]:
 
 
 def start_dashboard(mongo_url: str, database: str) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "telemetry.cli", "dashboard", "--port", "0",
+    proc = subprocess.Popen([*TELEMETRY, "dashboard", "--port", "0",
                              "--mongo-url", mongo_url, "-d", database],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:

@@ -44,6 +44,9 @@ DEMO_SEED = 1
 # MongoDB-wire server is slow at scanning large documents.
 DEMO_SCENARIO = replace(Scenario(), pings_per_client_day=1.0, histograms_per_ping=40)
 
+# ``telemetry`` as a subprocess of this interpreter (the package has no __main__).
+TELEMETRY = [sys.executable, "-c", "from telemetry.cli import main; main()"]
+
 
 class DemoError(Exception):
     """The demo cannot run (for instance the repository's fixtures are missing)."""
@@ -93,7 +96,8 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
     with serve_histograms(workdir / "hg") as hg:
         step("receive")
         raw_dir = workdir / "raw"
-        config = ReceiverConfig(log_path=str(raw_dir), port=0, workers=workers, include_request_ip=True)
+        config = ReceiverConfig(log_path=str(raw_dir), port=0, workers=workers, include_request_ip=True,
+                                stats_log_file=str(workdir / "stats.log"))
         fleet = Fleet(records, seed=DEMO_SEED, scenario=DEMO_SCENARIO)
         result.regression_build = fleet.regression_build
         echo("a simulated fleet (telemetry simulate --describe):")
@@ -196,7 +200,8 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
 @click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
               help="Use this MongoDB instead of a throwaway embedded server.")
 @click.option("--replay/--no-replay", default=True, show_default=True)
-def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool) -> None:
+@click.option("--serve", is_flag=True, help="Then keep the dashboard running on the demo's data (Ctrl-C stops).")
+def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool, serve: bool) -> None:
     """Run the whole pipeline once on embedded defaults and print what each stage did."""
     started = time.monotonic()
     try:
@@ -204,8 +209,30 @@ def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, repla
     except DemoError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"\ndone in {time.monotonic() - started:.1f} s; everything is under {workdir}/")
+    if serve:
+        serve_dashboard(workdir, mongo_url)
     if result.accepted != result.posted or result.replayed_same is False:
         sys.exit(1)
+
+
+def serve_dashboard(workdir: Path, mongo_url: str | None) -> None:
+    """``telemetry dashboard`` over the demo's database and files until Ctrl-C."""
+    import subprocess
+
+    server = None
+    if mongo_url is None:
+        server, _ = ensure_embedded(MongoConfig(data_dir=workdir / "mongo"))
+        mongo_url = server.url
+    click.echo("\n== dashboard (Ctrl-C stops it): open the URL below in a browser")
+    try:
+        subprocess.run([*TELEMETRY, "dashboard", "--mongo-url", mongo_url,
+                        "--port", "0", "--stats-log", str(workdir / "stats.log"),
+                        "--raw-logs", str(workdir / "raw"), "--errors-dir", str(workdir / "layout" / ".errors")])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.stop()
 
 
 commands = [demo]

@@ -34,6 +34,9 @@ SCENARIO = replace(Scenario(), malformed=None, histograms_per_ping=12,
                    channels={"release": 0.2, "beta": 0.2, "aurora": 0.1, "nightly": 0.5})
 PERCENTILES = (5, 25, 50, 75, 95)
 
+# ``telemetry`` as a subprocess of this interpreter (the package has no __main__).
+TELEMETRY = [sys.executable, "-c", "from telemetry.cli import main; main()"]
+
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, mongo_url):
@@ -54,7 +57,7 @@ def pipeline(tmp_path_factory, mongo_url):
 
 def start_dashboard(mongo_url: str, database: str, *extra: str) -> tuple[subprocess.Popen, str]:
     """``telemetry dashboard`` on a free loopback port; returns the process and its URL."""
-    proc = subprocess.Popen([sys.executable, "-m", "telemetry.cli", "dashboard", "--port", "0",
+    proc = subprocess.Popen([*TELEMETRY, "dashboard", "--port", "0",
                              "--mongo-url", mongo_url, "-d", database, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     seen = []
