@@ -1,1 +1,1 @@
-"""The aggregates API server and the dashboard page it serves."""
+"""The HTTP service over the aggregates: telemetry.mozilla.org's JSON API (and, later, its pages)."""

@@ -28,6 +28,8 @@ COMMANDS = {
     "mapreduce": "mapreduce.cli",
     "demo": "telemetry.demo",
     "simulate": "fleet.cli",
+    "aggregates": "aggregations.cli",
+    "dashboard": "dashboard.cli",
 }
 
 
