@@ -1,7 +1,7 @@
-"""The dashboard page: its HTML, its static files, the chart library and the operations summary.
+"""The dashboard page at ``/``: its HTML, its static files, the chart library and the operations summary.
 
-Added to the API server's application by :func:`routes`; nothing here talks
-to the aggregates, the page reads them through the API like any client.
+A route module of the service (see ``dashboard.app.ROUTE_MODULES``); nothing
+here reads the aggregates: the page asks the API like any other client.
 
 Caching: our own files are served with an ETag and ``Cache-Control:
 no-cache`` (kept by the browser, revalidated with a cheap 304, so a new
@@ -12,11 +12,12 @@ and is cached for a year.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+import orjson
 import tornado.httpclient
 import tornado.web
 
+from dashboard.app import BaseHandler, Service
 from dashboard.operations import Operations, OperationsConfig
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -32,8 +33,19 @@ def plotly_js() -> Path:
     return path
 
 
+def page_html() -> bytes:
+    """index.html with the chart library's versioned URL written in."""
+    import plotly
+
+    html = (STATIC_DIR / "index.html").read_text("utf-8")
+    return html.replace("/static/vendor/plotly.min.js",
+                        f"/static/vendor/plotly-{plotly.__version__}.min.js").encode("utf-8")
+
+
 class StaticHandler(tornado.web.StaticFileHandler):
     """Our files: always revalidated (ETag), so a deploy shows at once."""
+
+    route_name = "static"
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "no-cache")
@@ -42,72 +54,67 @@ class StaticHandler(tornado.web.StaticFileHandler):
 
 
 class VendorHandler(tornado.web.StaticFileHandler):
-    """The chart library: its version is in the page's URL for it, so it never changes under a URL."""
+    """The chart library: its version is in its URL, so the file never changes under a URL."""
+
+    route_name = "static"
 
     def set_extra_headers(self, path: str) -> None:
         self.set_header("Cache-Control", "public, max-age=31536000, immutable")
 
 
-class PageHandler(tornado.web.RequestHandler):
-    """``/``: the page (with the chart library's versioned URL written in)."""
+class PageHandler(BaseHandler):
+    """``/``: the page (ETag from its content, so a reload costs a 304)."""
 
-    def initialize(self, html: bytes) -> None:
+    route_name = "page"
+
+    def initialize(self, service: Service, html: bytes) -> None:
+        super().initialize(service)
         self.html = html
 
     def get(self) -> None:
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.set_header("Cache-Control", "no-cache")
-        self.write(self.html)
+        self.finish(self.html)
 
 
-class OperationsHandler(tornado.web.RequestHandler):
-    """``GET /operations/``: the operations summary as JSON."""
+class OperationsHandler(BaseHandler):
+    """``GET /operations/``: the operations summary as JSON (see :mod:`dashboard.operations`)."""
 
-    def initialize(self, operations: Operations, database: Any = None) -> None:
+    route_name = "operations"
+
+    def initialize(self, service: Service, operations: Operations) -> None:
+        super().initialize(service)
         self.operations = operations
-        self.database = database
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.set_header("Cache-Control", "no-store")
-        self.set_header("Access-Control-Allow-Origin", "*")
 
     async def get(self) -> None:
         metrics_text = None
         problems = []
         url = self.operations.config.receiver_url
         if url:
+            metrics_url = url.rstrip("/") + "/metrics"
             try:
-                response = await tornado.httpclient.AsyncHTTPClient().fetch(
-                    url.rstrip("/") + "/metrics", request_timeout=5)
+                response = await tornado.httpclient.AsyncHTTPClient().fetch(metrics_url, request_timeout=5)
                 metrics_text = response.body.decode("utf-8", "replace")
             except Exception as e:  # noqa: BLE001 - a receiver that is down is news, not a 500
-                problems.append(f"cannot read {url.rstrip('/')}/metrics: {e}")
-        summary = await self.operations.summary_async(self.database, metrics_text)
+                problems.append(f"cannot read {metrics_url}: {e}")
+        summary = await self.operations.summary_async(self.service.deps.db, metrics_text)
         summary["problems"][:0] = problems
-        self.write(summary)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(orjson.dumps(summary))
 
 
-def page_html() -> bytes:
-    import plotly
-
-    html = (STATIC_DIR / "index.html").read_text("utf-8")
-    return html.replace("/static/vendor/plotly.min.js",
-                        f"/static/vendor/plotly-{plotly.__version__}.min.js").encode("utf-8")
+def operations_config(service: Service) -> OperationsConfig:
+    c = service.config
+    return OperationsConfig(stats_log=c.stats_log, raw_logs=c.raw_logs, errors_dir=c.errors_dir,
+                            receiver_url=c.receiver_url)
 
 
-def routes(operations: OperationsConfig | None = None, database: Any = None) -> list[tuple]:
-    """The page's URL rules, to add to the API server's application.
-
-    ``database`` is a PyMongo ``AsyncDatabase`` that holds the importer's
-    ``imports`` collection, for the operations view.
-    """
-    vendor = plotly_js()
+def routes(service: Service) -> list:
     return [
-        (r"/", PageHandler, {"html": page_html()}),
-        (r"/static/vendor/plotly-[^/]+\.min\.js()", VendorHandler,
-         {"path": str(vendor), "default_filename": None}),
+        (r"/", PageHandler, {"service": service, "html": page_html()}),
+        (r"/static/vendor/plotly-[^/]+\.min\.js()", VendorHandler, {"path": str(plotly_js())}),
         (r"/static/(.*)", StaticHandler, {"path": str(STATIC_DIR)}),
         (r"/operations/", OperationsHandler,
-         {"operations": Operations(operations or OperationsConfig()), "database": database}),
+         {"service": service, "operations": Operations(operations_config(service))}),
     ]

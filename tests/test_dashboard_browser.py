@@ -17,9 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
+import orjson
+import pymongo
 import pytest
 import requests
 
+from aggregations.aggregates import Aggregate, Definitions
+from aggregations.store import Store
+from converter.layout import find_layout_files, read_layout_file
+from converter.revisions import RevisionCache
+from converter.schema import Schema
 from converter.process import ConverterConfig, process
 from dashboard.screenshots import take, wait_drawn
 from fleet.channels import write_revisions
@@ -27,7 +34,7 @@ from fleet.population import Fleet
 from fleet.rawlogs import write_raw_logs
 from fleet.scenario import Scenario
 from histogram_reference import ref_mean, ref_percentile
-from importer.importer import ImportOptions, import_dataset
+from importer.importer import DEFAULT_SCHEMA, ImportOptions, import_dataset
 
 PINGS = 700
 SCENARIO = replace(Scenario(), malformed=None, histograms_per_ping=12,
@@ -52,7 +59,23 @@ def pipeline(tmp_path_factory, mongo_url):
     assert summary.records_out == PINGS
     database = f"dash_{os.getpid()}"
     import_dataset(base / "layout", mongo_url, ImportOptions(database=database))
+    with pymongo.MongoClient(mongo_url) as client:
+        aggregate_layout(base / "layout", client[database], hg)
     return {"base": base, "database": database, "fleet": fleet}
+
+
+def aggregate_layout(layout: Path, db, revisions: Path) -> None:
+    """The aggregates of every layout file, where the importer has not kept them itself."""
+    if db["aggregates_files"].estimated_document_count():
+        return
+    definitions = Definitions(RevisionCache(revisions, None))
+    names = [d.field_name for d in Schema.load(DEFAULT_SCHEMA).dimensions]
+    agg = Aggregate()
+    for lf in find_layout_files(layout, include_plain=False):
+        dims = dict(zip(names, lf.dimensions))
+        for _, _, text in read_layout_file(lf.path):
+            agg.add_ping(orjson.loads(text), dims, definitions)
+    Store(db).apply_files({"all": (agg, {"channel": "", "version": ""})})
 
 
 def start_dashboard(mongo_url: str, database: str, *extra: str) -> tuple[subprocess.Popen, str]:

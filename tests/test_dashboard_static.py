@@ -4,16 +4,12 @@ real browser) against an independent computation (histogram_reference.py), and c
 from __future__ import annotations
 
 import random
-import threading
 
 import pytest
 import requests
-import tornado.httpserver
-import tornado.ioloop
-import tornado.netutil
-import tornado.web
 
-from dashboard.page import routes
+from dashboard.config import DashboardConfig
+from dashboard.testing import ServiceThread
 from histogram_reference import exponential_bounds, ref_mean, ref_percentile
 
 
@@ -42,30 +38,10 @@ def cases():
 
 
 @pytest.fixture(scope="module")
-def static_url():
-    """The page's static files served by its own routes, on a loopback port in a thread."""
-    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-    port = sockets[0].getsockname()[1]
-    started = threading.Event()
-    loop_box = {}
-
-    def run():
-        import asyncio
-
-        asyncio.set_event_loop(asyncio.new_event_loop())
-        server = tornado.httpserver.HTTPServer(tornado.web.Application(routes()))
-        server.add_sockets(sockets)
-        loop_box["loop"] = tornado.ioloop.IOLoop.current()
-        started.set()
-        loop_box["loop"].start()
-        server.stop()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    started.wait(10)
-    yield f"http://127.0.0.1:{port}"
-    loop_box["loop"].add_callback(loop_box["loop"].stop)
-    thread.join(10)
+def static_url(mongo_url):
+    """The service (with the page's routes) on a loopback port; these tests need no data."""
+    with ServiceThread(DashboardConfig(database="t_static_empty"), mongo_url) as service:
+        yield service.url
 
 
 def test_percentiles_and_means_match_the_reference(browser, static_url):

@@ -109,19 +109,20 @@ export function renderEvolution(meta, series, state) {
 }
 
 /**
- * The biggest lasting step in one line: at each date, the median of the next
- * few values against the median of the few before, so that one noisy date
- * does not count but a build where a regression lands does.
+ * The biggest lasting step in one line: at each date, the mean of that date
+ * and the next few against the mean of the few before, so that one noisy
+ * date counts little but a build where a regression lands stands out (the
+ * full step is seen only when the windows split exactly there).
  */
 export function largestJump(points, stat, window = 3) {
-  const med = (xs) => {
-    const v = xs.filter((x) => x !== null && x !== undefined).sort((a, b) => a - b);
-    return v.length ? v[Math.floor((v.length - 1) / 2)] : null;
+  const mean = (xs) => {
+    const v = xs.filter((x) => x !== null && x !== undefined);
+    return v.length ? v.reduce((a, b) => a + b, 0) / v.length : null;
   };
   let best = null;
   for (let i = 2; i <= points.length - 2; i++) {
-    const before = med(points.slice(Math.max(0, i - window), i).map((p) => p[stat]));
-    const after = med(points.slice(i, i + window).map((p) => p[stat]));
+    const before = mean(points.slice(Math.max(0, i - window), i).map((p) => p[stat]));
+    const after = mean(points.slice(i, i + window).map((p) => p[stat]));
     if (!before || after === null) continue;
     const change = (after - before) / Math.abs(before);
     if (!best || Math.abs(change) > Math.abs(best.change)) best = {date: points[i].date, value: points[i][stat], change};
