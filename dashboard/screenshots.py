@@ -37,7 +37,8 @@ def take(browser, base_url: str, out_dir: str | os.PathLike, metric: str = "GC_M
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page = browser.new_page()   # a Browser or a BrowserContext
+    page.set_viewport_size({"width": 1280, "height": 900})
     try:
         for name, query in VIEWS.items():
             m = boolean_metric if "boolean" in name else metric

@@ -103,10 +103,17 @@ def server(pipeline, mongo_url):
     proc.wait(30)
 
 
+@pytest.fixture(scope="module")
+def context(browser):
+    """One browser context for the module: its cache keeps the chart library compiled between tests."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    yield ctx
+    ctx.close()
+
+
 @pytest.fixture
-def page(browser):
+def page(context):
     """A fresh page that records console errors and uncaught exceptions; the test fails on any."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     p = context.new_page()
     p.errors = []
     p.allowed_errors = []
@@ -114,7 +121,7 @@ def page(browser):
     p.on("pageerror", lambda e: p.errors.append(f"uncaught: {e}"))
     yield p
     unexpected = [e for e in p.errors if not any(re.search(a, e) for a in p.allowed_errors)]
-    context.close()
+    p.close()
     assert unexpected == [], unexpected
 
 
@@ -313,8 +320,8 @@ def test_operations_view(page, server, pipeline):
     assert summary["imports"]["newest_imported"] in cells
 
 
-def test_screenshots_of_every_view(browser, server, tmp_path):
-    written = take(browser, server, tmp_path, sanitize=0)
+def test_screenshots_of_every_view(context, server, tmp_path):
+    written = take(context, server, tmp_path, sanitize=0)
     assert [p.name for p in written] == ["distribution.png", "distribution-table.png", "evolution.png",
                                          "evolution-boolean.png", "operations.png"]
     for p in written:
