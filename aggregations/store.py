@@ -54,6 +54,7 @@ import pymongo
 from pymongo import DeleteMany, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
+from importer.errors import ImporterError
 from aggregations.aggregates import (COUNT_PREFIX, OPTION_KEYS, ROW_DIMENSIONS, Aggregate,
                                      major_version)
 
@@ -67,7 +68,7 @@ READ_BATCH = 500
 MAX_RETRIES = 20
 
 
-class StoreError(Exception):
+class StoreError(ImporterError):
     """Aggregates that cannot be written as asked (e.g. endless write conflicts)."""
 
 

@@ -65,6 +65,13 @@ def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors:
         click.echo(line)
     if summary.error_files:
         click.echo(f"rejected records are in {config.errors}")
+    if summary.infrastructure:
+        # Not the records' fault: say why on stderr and fail, so no one takes the run for done.
+        for problem in summary.infrastructure_problems():
+            click.echo(f"Error: {problem}", err=True)
+        click.echo(f"Error: those records are kept in {config.errors}; once the cause is fixed, "
+                   f"convert them with --retry-errors {config.errors}", err=True)
+        sys.exit(1)
 
 
 @click.command("histogram-server")

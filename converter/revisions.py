@@ -55,11 +55,15 @@ class RevisionError(Exception):
     ``missing_revision_repo``: the URL does not name a repository and revision.
     ``missing_revision``: the revision could not be found or fetched, or what
     was fetched is not a usable Histograms.json (the message says which).
+    ``unavailable`` is set when the histogram server could not be asked at all
+    (unreachable, timing out, answering 5xx): then the fault is the
+    infrastructure's, not the record's, and it says what happened.
     """
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, unavailable: str | None = None):
         super().__init__(message)
         self.reason = reason
+        self.unavailable = unavailable
 
 
 def _check_repo(repo: str) -> str:
@@ -222,7 +226,8 @@ class RevisionCache:
             if failure is not None:
                 if self.clock() < failure[0]:
                     self.stats["remembered_failure"] += 1
-                    raise RevisionError(failure[1].reason, f"{failure[1]} (remembered)")
+                    raise RevisionError(failure[1].reason, f"{failure[1]} (remembered)",
+                                        failure[1].unavailable)
                 del self._failures[key]
         return None
 
@@ -296,6 +301,7 @@ class RevisionCache:
         if self._session is None:
             self._session = requests.Session()
         problem = ""
+        unavailable = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
@@ -307,12 +313,26 @@ class RevisionCache:
                         return _read_limited(response, url)
                     problem = f"HTTP {status}"
                     if status < 500 and status != HTTPStatus.TOO_MANY_REQUESTS:
+                        unavailable = None
                         break  # 404 and friends: asking again will not help
+                    unavailable = f"histogram server {self.server} answers {problem}"
             except requests.RequestException as e:
                 problem = f"{type(e).__name__}: {e}"
+                unavailable = f"histogram server {self.server} unreachable: {_short_problem(e)}"
             log.info("fetching %s failed (attempt %d): %s", url, attempt + 1, problem)
         raise RevisionError(MISSING_REVISION,
-                            f"revision {repo}/{rev} not available from {url}: {problem}")
+                            f"revision {repo}/{rev} not available from {url}: {problem}",
+                            unavailable)
+
+
+def _short_problem(e: requests.RequestException) -> str:
+    """The cause of a failed request in a few words ("Connection refused", "timed out")."""
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(e))
+    if found:
+        return found.group(1).strip()
+    return type(e).__name__
 
 
 def _read_limited(response: requests.Response, url: str) -> bytes:

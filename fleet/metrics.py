@@ -53,15 +53,15 @@ class Params:
 
 # Hand-set parameters of the metrics drawn per ping (fleet.scenario.LIVE_HISTOGRAMS).
 KNOWN: dict[str, Params] = {
-    "GC_MS": Params(center=60, spread=1.0, samples=40),
-    "CYCLE_COLLECTOR": Params(center=30, spread=0.9, samples=25),
-    "MEMORY_RESIDENT": Params(center=350_000, spread=0.5, samples=12),
+    "GC_MS": Params(center=60, spread=1.0, samples=25),
+    "CYCLE_COLLECTOR": Params(center=30, spread=0.9, samples=15),
+    "MEMORY_RESIDENT": Params(center=350_000, spread=0.5, samples=8),
     "FX_NEW_WINDOW_MS": Params(center=180, spread=0.6, samples=3),
     "TELEMETRY_PING": Params(center=300, spread=0.8, samples=2),
-    "GC_MAX_PAUSE_MS": Params(center=80, spread=50, samples=20),
+    "GC_MAX_PAUSE_MS": Params(center=80, spread=50, samples=10),
     "SHUTDOWN_OK": Params(p=0.92, samples=1, scaled=False),
     "A11Y_INSTANTIATED_FLAG": Params(p=0.05, samples=1, scaled=False),
-    "DNS_LOOKUP_METHOD2": Params(p=0.45, samples=30, scaled=False),
+    "DNS_LOOKUP_METHOD2": Params(p=0.45, samples=12, scaled=False),
 }
 
 
@@ -162,7 +162,10 @@ class Sampler:
             body = {"values": values, "sum": s, "sum_squares_lo": s, "sum_squares_hi": 0}
         else:
             n = max(1, int(self.samples * activity + rng.random()))
-            items = sorted(Counter(rng.choices(self.slots, cum_weights=self.cum, k=n)).items())
+            if n == 1:
+                items = [(bisect_right(self.cum, rng.random() * self.cum[-1]), 1)]
+            else:
+                items = sorted(Counter(rng.choices(self.slots, cum_weights=self.cum, k=n)).items())
             values = {keys[i]: c for i, c in items}
             last = items[-1][0] + 1
             if last < len(keys):

@@ -11,11 +11,13 @@ update lag of its own), so nightly and aurora get a new build ID every day.
 ``Fleet.submissions()`` yields :class:`Submission` tuples in time order,
 the same bytes for the same seed and scenario whichever output consumes them.
 
-Speed: a ping carries ~150 histograms of its revision.  The handful of
-metrics in :data:`fleet.scenario.LIVE_HISTOGRAMS` (and the simple
-measurements) are drawn per ping from their segment's distribution,
-including the effects; every other histogram is picked from a pool of
-:data:`POOL_SIZE` draws made once per (channel, OS) segment.  The body is
+Speed: a ping carries ~150 histograms of its revision.  The metrics an
+effect names (and the simple measurements) are drawn for every ping from
+their segment's distribution, effects included; the other metrics of
+:data:`fleet.scenario.LIVE_HISTOGRAMS` come from :data:`LIVE_POOL` draws of
+their segment's distribution; every other histogram (whose distribution does not
+depend on the segment) comes from :data:`POOL_SIZE` draws made once per
+revision, picked in :data:`GROUPS` ready-joined blocks.  The body is
 joined from those JSON pieces, so generating a ping costs about as much as
 gzipping it.
 """
@@ -39,6 +41,8 @@ from fleet.scenario import LIVE_HISTOGRAMS, SIMPLE_MEASURES, Scenario
 
 DAY_MS = 86_400_000
 POOL_SIZE = 8
+LIVE_POOL = 32          # draws per segment of a live metric that no effect names
+GROUPS = 12             # background histograms are picked in this many blocks a ping
 PRESENCE = 0.8          # the share of pings that carry a given background histogram
 # How much slower/faster each channel and OS is at baseline (time-like metrics).
 CHANNEL_FACTOR = {"release": 1.0, "beta": 1.04, "aurora": 1.09, "nightly": 1.15}
@@ -139,6 +143,7 @@ class Fleet:
         self.clients = [make_client(rng, i, scenario) for i in range(n_clients)]
         self.regression_build = self._regression_build()
         self._segments: dict[tuple[str, str], _Segment] = {}
+        self._rev_pools: dict[str, list[list[bytes]]] = {}
 
     # -- builds ------------------------------------------------------------
 
@@ -249,6 +254,28 @@ class Fleet:
             return b'{"ver":1,' + body[body.index(b'"simpleMeasurements"'):]
         return body
 
+    def _pools(self, rev: str) -> list[list[bytes]]:
+        """The background histograms of a revision as GROUPS groups of POOL_SIZE ready blocks.
+
+        Each histogram is drawn POOL_SIZE times; a block is one group's
+        histograms, each present with probability PRESENCE and then one of its
+        draws, joined.  A ping takes one block per group: a few random numbers
+        instead of one or two per histogram.
+        """
+        pools = self._rev_pools.get(rev)
+        if pools is None:
+            rng = random.Random(f"fleet:{self.seed}:pools:{rev}")
+            draws = [[sampler.draw(rng, a) for a in _ACTIVITIES]
+                     for sampler in _background(rev, self.scenario.histograms_per_ping)]
+            pools = []
+            for g in range(GROUPS):
+                members = draws[g::GROUPS]
+                if members:
+                    pools.append([b",".join(d[rng.randrange(POOL_SIZE)] for d in members
+                                            if rng.random() < PRESENCE) for _ in range(POOL_SIZE)])
+            self._rev_pools[rev] = pools
+        return pools
+
     def _segment(self, channel: str, os_name: str) -> "_Segment":
         key = (channel, os_name)
         seg = self._segments.get(key)
@@ -258,7 +285,7 @@ class Fleet:
 
 
 class _Segment:
-    """Everything prepared once per (channel, OS): samplers, pools, presence rates."""
+    """Everything prepared once per (channel, OS): the live samplers with their factors."""
 
     def __init__(self, fleet: Fleet, channel: str, os_name: str):
         s = fleet.scenario
@@ -268,21 +295,24 @@ class _Segment:
         self.os_effect = s.os_difference if s.os_difference and s.os_difference.os == os_name else None
         self.regression = s.regression if s.regression and s.regression.channel == channel else None
         self.factor = factor
+        # Metrics an effect names are drawn for every ping; the other live metrics come
+        # from LIVE_POOL draws of this segment's own distribution.
+        drawn = {e.metric for e in (s.regression, s.os_difference) if e is not None}
         rng = random.Random(f"fleet:{fleet.seed}:segment:{channel}:{os_name}")
-        self.live: list[tuple[Sampler, Sampler]] = []   # (normal, regressed)
+        self.live: list[tuple[Sampler, Sampler | None, list[bytes] | None]] = []
         for name in LIVE_HISTOGRAMS:
             d = defs.get(name)
-            f = factor * self._effect_factor(name)
-            normal = Sampler(d, base_params(d), f)
-            reg = Sampler(d, base_params(d), f * self.regression.factor) \
-                if self.regression and self.regression.metric == name else normal
-            self.live.append((normal, reg))
+            normal = Sampler(d, base_params(d), factor * self._effect_factor(name))
+            reg = None
+            if self.regression and self.regression.metric == name:
+                reg = Sampler(d, base_params(d), factor * self._effect_factor(name) * self.regression.factor)
+            pool = None if name in drawn else [normal.draw(rng, rng.lognormvariate(0.0, 0.5))
+                                               for _ in range(LIVE_POOL)]
+            self.live.append((normal, reg, pool))
         self.gc_index = LIVE_HISTOGRAMS.index("GC_MS")
         # Every other histogram: a fixed set per revision, each present in PRESENCE of the
         # pings, so that a ping carries about histograms_per_ping (0: all of them).
-        self.pools: list[tuple[float, list[bytes]]] = []
-        for sampler in _background(rev, s.histograms_per_ping):
-            self.pools.append((PRESENCE, [sampler.draw(rng, a) for a in _ACTIVITIES]))
+        self.pools = fleet._pools(rev)
 
     def _effect_factor(self, name: str) -> float:
         o = self.os_effect
@@ -291,20 +321,19 @@ class _Segment:
     def live_histograms(self, rng: random.Random, activity: float, regressed: bool,
                         bad_bucket: bool) -> list[bytes]:
         out = []
-        for i, (normal, reg) in enumerate(self.live):
-            sampler = reg if regressed else normal
-            out.append(sampler.draw(rng, activity, bad=bad_bucket and i == self.gc_index))
+        for i, (normal, reg, pool) in enumerate(self.live):
+            sampler = reg if regressed and reg is not None else normal
+            if bad_bucket and i == self.gc_index:
+                out.append(sampler.draw(rng, activity, bad=True))
+            elif pool is not None:
+                out.append(pool[int(rng.random() * LIVE_POOL)])
+            else:
+                out.append(sampler.draw(rng, activity))
         return out
 
     def pooled_histograms(self, rng: random.Random) -> list[bytes]:
-        # One draw decides both whether the histogram is there and which pooled copy it is.
         random_ = rng.random
-        out = []
-        for presence, pool in self.pools:
-            r = random_()
-            if r < presence:
-                out.append(pool[int(r / presence * POOL_SIZE)])
-        return out
+        return [block for block in (pool[int(random_() * POOL_SIZE)] for pool in self.pools) if block]
 
     def simple_measures(self, rng: random.Random, activity: float, regressed: bool) -> bytes:
         f = self.factor

@@ -17,6 +17,7 @@ import click
 from converter.schema import Schema, SchemaError
 from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.importer import (
+    DEFAULT_SCHEMA,
     ON_DUPLICATE,
     ChunkResult,
     ImportOptions,
@@ -60,6 +61,18 @@ def mongo_options(f):
 
 
 def mongo_config(mongo_url: str | None, mongo_dir: Path | None) -> MongoConfig:
+    """The MongoDB to use; a ``--mongo-dir`` given must exist or be creatable in an existing one.
+
+    The default per-user directory is created with its parents; a directory
+    the user names is never created below a directory that does not exist
+    (a typo must not start a second server somewhere else).
+    """
+    if mongo_dir is not None and not mongo_url:
+        mongo_dir = mongo_dir.absolute()
+        if mongo_dir.exists() and not mongo_dir.is_dir():
+            raise BadSetup(f"--mongo-dir {mongo_dir} is not a directory")
+        if not mongo_dir.exists() and not mongo_dir.parent.is_dir():
+            raise BadSetup(f"--mongo-dir {mongo_dir}: directory {mongo_dir.parent} does not exist")
     return MongoConfig(url=mongo_url or None, data_dir=mongo_dir or default_data_dir(os.environ))
 
 
@@ -72,6 +85,21 @@ def connect_url(config: MongoConfig) -> str:
         return resolve_url(config, notify=lambda m: click.echo(m, err=True))
     except ImporterError as e:
         raise BadSetup(str(e)) from None
+
+
+def check_filter_levels(filter: Schema, schema: Schema) -> None:
+    """A layout filter applies by position: each of its dimensions must be the schema's there.
+
+    Otherwise a misspelled or misplaced dimension silently filters another one.
+    """
+    for i, name in enumerate(filter.names):
+        expected = schema.names[i] if i < len(schema.names) else None
+        if name != expected:
+            raise BadSetup(
+                f"filter dimension {i + 1} is {name!r} but the schema's is "
+                f"{expected!r}: a filter lists the dimensions in schema order "
+                f"({', '.join(schema.names)})"
+            )
 
 
 @click.command("import")
@@ -132,6 +160,13 @@ def connect_url(config: MongoConfig) -> str:
     help="Import only files whose dimensions pass this filter.",
 )
 @click.option("--no-indexes", is_flag=True, help="Do not create the dimension indexes.")
+@click.option(
+    "--no-aggregates",
+    is_flag=True,
+    help="Do not update the aggregates (docs/aggregates.md) of the imported files.",
+)
+@click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
+@click.option("--histogram-server", help="Histogram server URL or host:port.")
 @mongo_options
 def import_(
     dataset,
@@ -148,6 +183,9 @@ def import_(
     schema_path,
     filter_path,
     no_indexes,
+    no_aggregates,
+    histogram_cache,
+    histogram_server,
     mongo_url,
     mongo_dir,
 ):
@@ -160,6 +198,8 @@ def import_(
         filter = Schema.load(filter_path) if filter_path else None
     except SchemaError as e:
         raise BadSetup(str(e)) from None
+    if filter is not None:
+        check_filter_levels(filter, schema or Schema.load(DEFAULT_SCHEMA))
     url = connect_url(mongo_config(mongo_url, mongo_dir))
     options = ImportOptions(
         database=database,
@@ -175,6 +215,7 @@ def import_(
         schema=schema,
         filter=filter,
         create_indexes=not no_indexes,
+        hook=None if no_aggregates else _aggregates_hook(histogram_cache, histogram_server),
     )
     bar = _progress_bar()
     try:
@@ -193,8 +234,20 @@ def import_(
     if summary.files == 0:
         click.echo(f"no layout files under {dataset}", err=True)
     click.echo(f"imported into {database}.{collection}: {summary.describe()}")
+    if summary.hook_stats.get("aggregates_unknown_histogram") and not (
+        histogram_cache or histogram_server
+    ):
+        from aggregations.importing import NO_HISTOGRAMS_NOTICE
+
+        click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     if not summary.ok:
         sys.exit(1)
+
+
+def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):
+    from aggregations.importing import AggregatesHook
+
+    return AggregatesHook(histogram_cache, histogram_server)
 
 
 class _progress_bar:
@@ -255,7 +308,7 @@ def mongo_start(mongo_dir):
 def mongo_stop(mongo_dir):
     """Stop the embedded server."""
     config = mongo_config(None, mongo_dir)
-    server = stop_embedded(config.data_dir)
+    server = stop_embedded(config.data_dir, notify=lambda m: click.echo(m, err=True))
     click.echo(f"stopped pid {server.pid}" if server else "not running")
 
 
@@ -264,7 +317,7 @@ def mongo_stop(mongo_dir):
 def mongo_status(mongo_dir):
     """Say whether the embedded server runs (exit 0) or not (exit 1)."""
     config = mongo_config(None, mongo_dir)
-    server = embedded_status(config.data_dir)
+    server = embedded_status(config.data_dir, notify=lambda m: click.echo(m, err=True))
     if server is None:
         click.echo(f"not running (data dir {config.data_dir})")
         sys.exit(1)

@@ -18,9 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import socket
 import time
 
 from tornado import httputil
+from tornado.httpserver import HTTPServer
+from tornado.iostream import StreamClosedError
 from tornado.httputil import HTTPHeaders, ResponseStartLine
 
 from receiver.config import ReceiverConfig
@@ -40,9 +44,53 @@ REASONS = {
     411: "Missing Content-Length",
     413: "Request Too Large",
     414: "Request-URI Too Long",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    503: "Service Unavailable",
     507: "Insufficient Storage",
 }
+
+# The request methods llhttp accepts in HTTP (not RTSP) mode; any other token
+# is a 400 on both front ends, so they answer alike.  Only GET, HEAD and POST
+# are served; the others get 405.
+KNOWN_METHODS = frozenset(
+    "DELETE GET HEAD POST PUT CONNECT OPTIONS TRACE COPY LOCK MKCOL MOVE PROPFIND PROPPATCH "
+    "SEARCH UNLOCK BIND REBIND UNBIND ACL REPORT MKACTIVITY CHECKOUT MERGE M-SEARCH NOTIFY "
+    "SUBSCRIBE UNSUBSCRIBE PATCH PURGE MKCALENDAR LINK UNLINK SOURCE QUERY PRI".split())
+
+ALLOW = "GET, HEAD, POST"
+
+# Room for a query string (ignored, but clients send one, e.g. ``?v=4``) on
+# top of ``url_prefix`` + ``max_path_length`` before a request target is 414.
+MAX_QUERY_LENGTH = 1024
+# Largest Content-Length llhttp can represent; a larger one is a 400 on both front ends.
+MAX_CONTENT_LENGTH = (1 << 64) - 1
+# Visible ASCII only: a raw byte over 0x7f or a control byte in a target is a 400.
+_TARGET = re.compile(r"/[!-~]*")
+
+
+def build_response(code: int, body: bytes, content_type: str, close: bool,
+                   message: str | None = None, head: bool = False) -> bytes:
+    """A whole HTTP/1.1 response (no body for a HEAD request, its length still given)."""
+    lines = [f"HTTP/1.1 {code} {message or REASONS[code]}",
+             f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
+    if code == 405:
+        lines.append(f"Allow: {ALLOW}")
+    lines.append("Connection: close" if close else "Connection: keep-alive")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+
+
+# Pre-built answers for every plain status, by (close, head) then code.
+CANNED = {(close, head): {c: build_response(c, m.encode(), "text/plain; charset=utf-8", close,
+                                            head=head)
+                          for c, m in REASONS.items()}
+          for close in (False, True) for head in (False, True)}
+
+
+def header_limits(config: ReceiverConfig) -> tuple[int, int]:
+    """``(target_limit, head_limit)``: the longest request target and head (bytes)."""
+    target = len(config.url_prefix) + config.max_path_length + MAX_QUERY_LENGTH
+    return target, target + config.max_header_length + 64
 
 
 class ReceiverApp(httputil.HTTPServerConnectionDelegate):
@@ -56,20 +104,44 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
         self.stats_log = stats_log
         self.prefix = config.url_prefix
         self.in_flight = 0
+        self.target_limit, self.head_limit = header_limits(config)
         self._idle: asyncio.Event | None = None
 
     def start_request(self, server_conn: object,
                       request_conn: httputil.HTTPConnection) -> httputil.HTTPMessageDelegate:
         return _Exchange(self, request_conn)
 
-    def classify(self, method: str, target: str, length: int | None) -> tuple[int, bool, object]:
+    def classify(self, method: str, target: str, length: int | None, *, version: str = "1.1",
+                 chunked: bool = False, upgrade: bool = False) -> tuple[int, bool, object]:
         """Decide a request from its head: ``(code, answer_now, detail)``.
 
         ``code`` 0 is a submission to store (``detail`` the raw path bytes);
         any other code is the answer (``detail`` names the GET endpoint).
         ``answer_now`` means: answer before the body and close the connection,
-        because the body is unbounded (no Content-Length) or over the limit.
+        because the body is unbounded (no Content-Length) or over the limit,
+        or because the request is one a correct parser may read differently
+        from a proxy in front of us (a smuggling attempt), so nothing after it
+        on the connection can be trusted.
         """
+        if version not in ("1.1", "1.0") or method not in KNOWN_METHODS:
+            return 400, True, None
+        if len(target) > self.target_limit:
+            return 414, True, None
+        if not _TARGET.fullmatch(target):  # absolute-form, "*", raw non-ASCII or control bytes
+            return 400, True, None
+        if chunked:
+            # Bodies must come with a length (the original answered 411 too);
+            # both framings at once is the classic smuggling request, and
+            # HTTP/1.0 has no transfer codings (RFC 9112 6.1).
+            return (411 if length is None and version == "1.1" else 400), True, None
+        if upgrade:
+            # CONNECT or ``Connection: upgrade``: we do not switch protocols, and
+            # what follows the head is not HTTP/1.1, so answer and close.
+            if length:
+                return 400, True, None
+            code, _, detail = self.classify("GET" if method == "CONNECT" else method,
+                                            target, length, version=version)
+            return (405 if method == "CONNECT" else code), True, detail
         path = target.split("?", 1)[0]
         too_big = length is not None and length > self.config.max_data_length
         if method == "POST":
@@ -90,7 +162,7 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
                     return 400, False, None
                 return 0, False, raw
             return code, too_big or length is None, None
-        if method == "GET":
+        if method in ("GET", "HEAD"):  # HEAD: the same answer without its body
             if path == "/status":
                 return 200, too_big, "status"
             if path == "/metrics" and self.config.metrics:
@@ -156,23 +228,74 @@ def make_app(config: ReceiverConfig, writer: LogWriter, metrics: Metrics | None 
 
 
 def server_options(config: ReceiverConfig) -> dict:
-    """Keyword arguments for ``HTTPServer`` that match the app's limits."""
+    """Keyword arguments for ``HTTPServer`` that match the app's limits.
+
+    Tornado has one timeout for an idle keep-alive connection and for a slow
+    head, so it gets the shorter of ``header_timeout`` and
+    ``idle_connection_timeout`` for both.
+    """
     return dict(
         decompress_request=False,  # bodies are stored as received
-        idle_connection_timeout=config.idle_connection_timeout,
-        body_timeout=config.idle_connection_timeout,
+        idle_connection_timeout=min(config.header_timeout, config.idle_connection_timeout),
+        body_timeout=config.body_timeout,
         # The app answers 413 itself before reading; this only stops Tornado
         # from answering an over-long body with its own 400 first.
         max_body_size=1 << 40,
-        max_header_size=max(65536, config.max_path_length + len(config.url_prefix) + 16384),
+        # The app answers 431 up to twice the limit; Tornado closes the
+        # connection without an answer beyond that.
+        max_header_size=2 * header_limits(config)[1],
     )
+
+
+class TornadoServer(HTTPServer):
+    """Tornado's ``HTTPServer`` with a cap on open connections.
+
+    Over ``max_connections`` a new connection gets a 503 and is closed.
+    """
+
+    def __init__(self, app: ReceiverApp, **options):
+        super().__init__(app, **options)
+        self.max_connections = app.config.max_connections
+        self.app = app
+
+    def handle_stream(self, stream, address) -> None:
+        if len(self._connections) >= self.max_connections:
+            self.app.metrics.request(503)
+            stream.write(_CAPPED).add_done_callback(lambda f: stream.close())
+            return
+        super().handle_stream(stream, address)
+
+
+_CAPPED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+           b"Content-Length: 19\r\nConnection: close\r\n\r\nService Unavailable")
+
+
+LINGER_SECONDS = 2.0
+
+
+async def _linger(stream, payload: bytes) -> None:
+    """Answer, send FIN, and read (discarding) until the client closes or 2 s pass.
+
+    Closing while the client is still sending makes the kernel send a reset,
+    which can destroy the answer before the client reads it.
+    """
+    try:
+        await stream.write(payload)
+        stream.socket.shutdown(socket.SHUT_WR)
+        deadline = time.monotonic() + LINGER_SECONDS
+        while (left := deadline - time.monotonic()) > 0:
+            await asyncio.wait_for(stream.read_bytes(65536, partial=True), left)
+    except (StreamClosedError, OSError, asyncio.TimeoutError):
+        pass
+    finally:
+        stream.close()
 
 
 class _Exchange(httputil.HTTPMessageDelegate):
     """One request/response on a Tornado connection."""
 
     __slots__ = ("app", "conn", "t0", "uri", "code", "detail", "chunks", "size", "ip",
-                 "answered", "closed", "submitted")
+                 "answered", "closed", "submitted", "head", "keep_alive")
 
     def __init__(self, app: ReceiverApp, conn: httputil.HTTPConnection):
         self.app = app
@@ -182,26 +305,65 @@ class _Exchange(httputil.HTTPMessageDelegate):
         self.submitted = False
         self.chunks: list[bytes] = []
         self.size = 0
+        self.head = False
+        self.keep_alive = True
 
     def headers_received(self, start_line, headers: HTTPHeaders) -> None:
+        stream = getattr(self.conn, "stream", None)
+        if stream is None or stream.closed():
+            # Tornado reads requests left in its buffer after it closed the
+            # connection (behind a ``Connection: close``): nobody would get
+            # an answer, so nothing of them is stored.
+            self.closed = True
+            self.code = None
+            return None
         app = self.app
         app.in_flight += 1
         self.answered = False
         self.t0 = time.perf_counter()
         self.uri = start_line.path
-        cl = headers.get("Content-Length")
+        self.head = start_line.method == "HEAD"
+        # Decide keep-alive as llhttp does (Connection is a token list), so both
+        # front ends leave a connection open or closed on the same requests.
+        tokens = {t.strip().lower() for v in headers.get_list("Connection") for t in v.split(",")}
+        version = start_line.version[5:]
+        self.keep_alive = "close" not in tokens if version == "1.1" else "keep-alive" in tokens
+        size = sum(len(k) + len(v) + 4 for k, v in headers.get_all())
+        if size > app.config.max_header_length:
+            return self.refuse(431)
+        lengths = headers.get_list("Content-Length")
         length = None
-        if cl is not None:
-            if not cl.strip().isdigit():
-                return self.respond(400, "Invalid Content-Length", close=True)
+        if lengths:
+            cl = lengths[0].strip(" \t")
+            if len(lengths) > 1 or not cl.isdigit() or not cl.isascii() \
+                    or int(cl) > MAX_CONTENT_LENGTH:
+                return self.refuse(400)
             length = int(cl)
-        self.code, early, self.detail = app.classify(start_line.method, self.uri, length)
+        upgrade = start_line.method == "CONNECT" or (
+            "Upgrade" in headers and "upgrade" in tokens)
+        self.code, early, self.detail = app.classify(
+            start_line.method, self.uri, length, version=version,
+            chunked="Transfer-Encoding" in headers, upgrade=upgrade)
+        if len(headers.get_list("Transfer-Encoding")) > 1:  # llhttp refuses a repeated one
+            self.code, early = 400, True
         if early:
-            return self.respond(self.code, close=True)
+            return self.refuse(self.code)
         if self.code == 0:
             peer = getattr(self.conn.context, "remote_ip", None)
-            self.ip = app.client_ip(headers.get("X-Forwarded-For"), peer)
+            self.ip = app.client_ip(",".join(headers.get_list("X-Forwarded-For")) or None, peer)
         return None
+
+    def refuse(self, code: int) -> None:
+        """Answer now and close: nothing after this head on the connection is read.
+
+        Tornado would go on reading the body and the next request while the
+        answer is being written, so the stream is taken over (``detach``),
+        answered and closed.
+        """
+        self.answered = True
+        stream = self.conn.detach()
+        asyncio.get_running_loop().create_task(_linger(stream, CANNED[True, self.head][code]))
+        self.app.account(self.uri, self.t0, code, self.size, REASONS[code])
 
     def data_received(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -243,10 +405,15 @@ class _Exchange(httputil.HTTPMessageDelegate):
             body = message.encode()
         if not self.closed:
             headers = HTTPHeaders({"Content-Type": content_type, "Content-Length": str(len(body))})
-            if close:
+            if close or not self.keep_alive:
                 headers["Connection"] = "close"
+                # Tornado reads Connection as one value ("keep-alive, close" keeps
+                # it open); close as llhttp would.  A private flag, stable since 4.0.
+                self.conn._disconnect_on_finish = True
             if code == 405:
-                headers["Allow"] = "GET, POST"
+                headers["Allow"] = ALLOW
+            if self.head:
+                body = b""
             try:
                 self.conn.write_headers(ResponseStartLine("HTTP/1.1", code, message), headers, body)
                 self.conn.finish()

@@ -20,6 +20,7 @@ from receiver.errors import ConfigError
 
 DURABILITY_MODES = ("fsync", "os")
 HTTP_SERVERS = ("fast", "tornado")
+EVENT_LOOPS = ("uvloop", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,14 @@ class ReceiverConfig:
     workers: int = 0
     durability: str = "fsync"
     http_server: str = "fast"
+    event_loop: str = "uvloop"
     metrics: bool = True
     shutdown_timeout: float = 30.0
     idle_connection_timeout: float = 60.0
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_header_length: int = 16 * 1024
+    max_connections: int = 10000
     stats_flush_ms: int = 1000
     hostname: str | None = None
 
@@ -121,9 +127,14 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "workers": (int,),
     "durability": (str,),
     "http_server": (str,),
+    "event_loop": (str,),
     "metrics": (bool,),
     "shutdown_timeout": (int, float),
     "idle_connection_timeout": (int, float),
+    "header_timeout": (int, float),
+    "body_timeout": (int, float),
+    "max_header_length": (int,),
+    "max_connections": (int,),
     "stats_flush_ms": (int,),
     "hostname": (str, type(None)),
 }
@@ -138,7 +149,7 @@ def _validate(c: ReceiverConfig) -> None:
             names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
             raise ConfigError(f"configuration key {f.name!r} must be {names}, got {value!r}")
     for name in ("max_data_length", "max_path_length", "max_log_age_ms", "max_log_size",
-                 "stats_flush_ms"):
+                 "stats_flush_ms", "max_header_length", "max_connections"):
         if getattr(c, name) <= 0:
             raise ConfigError(f"configuration key {name!r} must be positive, "
                               f"got {getattr(c, name)}")
@@ -158,6 +169,9 @@ def _validate(c: ReceiverConfig) -> None:
         raise ConfigError("configuration key 'http_server' must be one of "
                           f"{', '.join(HTTP_SERVERS)}, "
                           f"got {c.http_server!r}")
+    if c.event_loop not in EVENT_LOOPS:
+        raise ConfigError("configuration key 'event_loop' must be one of "
+                          f"{', '.join(EVENT_LOOPS)}, got {c.event_loop!r}")
     if not (c.url_prefix.startswith("/") and c.url_prefix.endswith("/")):
         raise ConfigError("configuration key 'url_prefix' must start and end with '/', "
                           f"got {c.url_prefix!r}")
@@ -166,6 +180,7 @@ def _validate(c: ReceiverConfig) -> None:
                           f"got {c.log_base!r}")
     if c.hostname is not None and (not c.hostname or "/" in c.hostname):
         raise ConfigError(f"configuration key 'hostname' must be a plain name, got {c.hostname!r}")
-    if c.shutdown_timeout <= 0 or c.idle_connection_timeout <= 0:
-        raise ConfigError("configuration keys 'shutdown_timeout' and 'idle_connection_timeout' "
-                          "must be positive")
+    for name in ("shutdown_timeout", "idle_connection_timeout", "header_timeout", "body_timeout"):
+        if getattr(c, name) <= 0:
+            raise ConfigError(f"configuration key {name!r} must be positive, "
+                              f"got {getattr(c, name)}")

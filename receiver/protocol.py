@@ -1,77 +1,99 @@
-"""The fast HTTP/1.1 front end: an asyncio protocol on Tornado's event loop.
+"""The fast HTTP/1.1 front end: llhttp (Node.js's parser, through ``httptools``).
 
 Tornado's general-purpose ``HTTP1Connection`` costs more CPU per request than
-everything else the receiver does, and a submission needs little of it: a
-request line, three headers (Content-Length, X-Forwarded-For, Connection)
-and a bounded body.  This protocol parses exactly that and answers from
-pre-built responses, using the same :class:`~receiver.app.ReceiverApp` for
-every decision (routing, limits, storage, metrics, stats log), so the two
-front ends cannot disagree.  ``http_server: "tornado"`` selects Tornado's
-``HTTPServer`` instead.
+everything else the receiver does, and a submission needs little of it.  This
+front end is one asyncio protocol object per connection, fed to llhttp (the
+parser that Node.js, and so the original server, uses; the same binding
+uvicorn uses), answering from pre-built responses.  Every decision (routing,
+limits, storage, metrics, stats log) is made by the shared
+:class:`~receiver.app.ReceiverApp`, so the two front ends cannot disagree.
+``http_server: "tornado"`` selects Tornado's ``HTTPServer`` instead.
 
-Supported: keep-alive (HTTP/1.1 default, HTTP/1.0 with ``Connection:
-keep-alive``), pipelining (answered in order), ``Expect: 100-continue``.
-A POST with ``Transfer-Encoding`` and no Content-Length is answered 411,
-as is any request the original server would not have accepted.
+llhttp runs in strict mode: it refuses obs-fold, bare LF line ends, control
+bytes in headers, duplicate Content-Length, Content-Length together with
+Transfer-Encoding and malformed request lines.  Any parse error is answered
+400 and the connection is closed: after a request we cannot read the way a
+proxy in front of us might, nothing else on the connection can be trusted.
+
+Guarantees, each tested over a real socket (docs/receiver.md has the table):
+pipelined requests are answered in order (at most ``MAX_PIPELINE`` waiting
+answers, then the connection stops being read until they are sent); a head
+over the limits is answered 414/431 as soon as it passes them, a body over
+``max_data_length`` 413 before it is read; slow clients are closed after
+``header_timeout``/``body_timeout``, idle keep-alive ones after
+``idle_connection_timeout``; at most ``max_connections`` per worker.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 
-from receiver.app import REASONS, ReceiverApp
+import httptools
 
-_HEAD_END = b"\r\n\r\n"
+from receiver.app import CANNED as _CANNED, REASONS, ReceiverApp, build_response as _response
+
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-
 _TEXT = "text/plain; charset=utf-8"
+MAX_PIPELINE = 32  # waiting answers per connection before it stops being read
+
+IDLE, HEAD, BODY, LINGER = 0, 1, 2, 3  # between/inside requests, closing
+LINGER_SECONDS = 2.0  # a closing connection reads and discards for at most this long
 
 
-def _response(code: int, body: bytes, content_type: str, close: bool,
-              message: str | None = None) -> bytes:
-    head = [f"HTTP/1.1 {code} {message or REASONS[code]}",
-            f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
-    if code == 405:
-        head.append("Allow: GET, POST")
-    head.append("Connection: close" if close else "Connection: keep-alive")
-    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+class _Stop(Exception):
+    """Raised from a parser callback once the connection is answered for good."""
 
 
-class _Canned:
-    """Pre-built responses for every plain status answer."""
+class _Answer:
+    """One request's place in the connection's answer queue (pipelining)."""
 
-    def __init__(self) -> None:
-        self.keep = {c: _response(c, m.encode(), _TEXT, False) for c, m in REASONS.items()}
-        self.close = {c: _response(c, m.encode(), _TEXT, True) for c, m in REASONS.items()}
+    __slots__ = ("payload", "code", "message", "uri", "t0", "size", "close")
 
-
-_CANNED = _Canned()
+    def __init__(self, uri: str, t0: float, size: int, close: bool):
+        self.payload: bytes | None = None
+        self.code = 0
+        self.message = ""
+        self.uri, self.t0, self.size, self.close = uri, t0, size, close
 
 
 class HTTPProtocol(asyncio.Protocol):
-    """One client connection."""
+    """One client connection; llhttp calls the ``on_*`` methods."""
 
     def __init__(self, app: ReceiverApp, front: "FastServer"):
         self.app = app
         self.front = front
+        self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
         self.peer = ""
-        self.last = 0.0
-        self.busy = False          # a submission is being stored; answer it before the next
+        self.state = IDLE
+        self.since = time.monotonic()  # when the current state began (timeouts)
+        self.raw = 0                  # bytes received in the current head
+        self.closing = False          # transport closed (or closing)
+        self.stopped = False          # nothing more is parsed on this connection
+        self.eof = False              # the client half-closed
         self.paused = False
-        self.closing = False
-        self.need = -1             # body bytes expected; -1 while reading a head
-        self.active = False        # a request is in flight (head parsed, not yet answered)
+        self.queue: deque[_Answer] = deque()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.fields = 0
+        self.length: int | None = None
+        self.chunked = False
+        self.forwarded: str | None = None
+        self.ip: str | None = None
+        self.expect = False
+        self.body: list[bytes] = []
+        self.size = 0
         self.code = 0
         self.detail: object = None
-        self.ip: str | None = None
-        self.uri = ""
+        self.keep = True
+        self.started = False
         self.t0 = 0.0
-        self.keep_alive = True
-        self.size = 0
+        self.uri = ""
+        self.method = ""
 
     # --- asyncio callbacks ---------------------------------------------------
 
@@ -79,172 +101,261 @@ class HTTPProtocol(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
-        self.last = time.monotonic()
-        self.front.connections.add(self)
+        self.front.admit(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.stopped:
             return
-        self.buf += data
-        self.last = time.monotonic()
-        if not self.busy:
-            self._process()
-        if len(self.buf) > self.front.max_buffer and not self.paused:
-            self.paused = True
-            self.transport.pause_reading()
+        if self.state != BODY:
+            if self.state == IDLE:
+                self.state, self.since = HEAD, time.monotonic()
+            self.raw += len(data)
+        try:
+            self.parser.feed_data(data)
+        except _Stop:
+            pass
+        except httptools.HttpParserUpgrade:
+            self._stop()  # answered in on_headers_complete; the rest is not HTTP
+        except httptools.HttpParserError as e:
+            if not self.stopped:
+                if isinstance(e.__context__, _Stop):
+                    return
+                self._begin()
+                self._finish(400, close=True)
+            return
+        if self.state == HEAD and self.raw > self.app.head_limit and not self.stopped:
+            self._begin()  # a head padded with whitespace that llhttp does not report
+            self._finish(431, close=True)
+
+    def eof_received(self) -> bool:
+        # The client sent all it will: answer what is queued, then close.
+        self.eof = True
+        if self.state == LINGER:
+            return False
+        self.stopped = True
+        if self.started and self.state == BODY:
+            self._abandon("Connection closed by client")
+        if self.queue:
+            self.queue[-1].close = True
+            return True
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        self.stopped = True
         self.front.connections.discard(self)
-        if self.active and not self.busy:
-            # The request never completed: nothing was stored and nobody waits.
-            self.active = False
-            self.app.account(self.uri, self.t0, 0, len(self.buf), "Connection closed by client")
+        if self.started and self.state == BODY:
+            self._abandon("Connection closed by client")
 
-    # --- request handling ------------------------------------------------------
+    # --- llhttp callbacks ------------------------------------------------------
 
-    def idle_for(self, now: float) -> float:
-        return 0.0 if self.busy else now - self.last
+    def on_message_begin(self) -> None:
+        self.state, self.since = HEAD, time.monotonic()
 
-    def close(self) -> None:
-        self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.app.target_limit:
+            self._begin()
+            self._finish(414, close=True)
+            raise _Stop
 
-    def _process(self) -> None:
-        try:
-            self._parse()
-        finally:
-            if self.paused and len(self.buf) <= self.front.max_buffer and not self.closing:
-                self.paused = False
-                self.transport.resume_reading()
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += len(name) + len(value) + 4
+        if self.fields > self.app.config.max_header_length:
+            self._begin()
+            self._finish(431, close=True)
+            raise _Stop
+        name = name.lower()
+        if name == b"content-length":
+            self.length = int(value)  # llhttp checked: digits, one header, no overflow
+        elif name == b"transfer-encoding":
+            self.chunked = True
+        elif name == b"x-forwarded-for":  # repeated headers join as in Tornado
+            value = value.strip().decode("latin-1")
+            self.forwarded = value if self.forwarded is None else f"{self.forwarded},{value}"
+        elif name == b"expect":
+            self.expect = value.strip().lower() == b"100-continue"
 
-    def _parse(self) -> None:
-        app = self.app
-        buf = self.buf
-        while not self.closing:
-            if self.need < 0:
-                end = buf.find(_HEAD_END)
-                if end < 0:
-                    if len(buf) > self.front.max_header:
-                        self._start("", "")
-                        self._answer(400, close=True)
-                    return
-                head = bytes(buf[:end])
-                del buf[:end + 4]
-                if not self._head(head):
-                    return
-            if len(buf) < self.need:
-                return
-            body = bytes(buf[:self.need])
-            del buf[:self.need]
-            self.need = -1
-            if self.code == 0:
-                self.busy = True
-                app.store(self.detail, body, self.ip).add_done_callback(self._stored)
-                return
-            if self.code == 200:
-                payload, ctype = app.get_body(self.detail)
-                self._answer(200, payload=_response(200, payload, ctype, not self.keep_alive))
-            else:
-                self._answer(self.code)
-
-    def _start(self, method: str, target: str) -> None:
-        self.size = 0
-        self.active = True
-        self.app.in_flight += 1
-        self.uri = target
-        self.t0 = time.perf_counter()
-
-    def _head(self, head: bytes) -> bool:
-        """Parse a request head; False when it was answered and the connection is closing."""
-        lines = head.lstrip(b"\r\n").split(b"\r\n")
-        parts = lines[0].split(b" ")
-        if len(parts) != 3 or parts[2] not in (b"HTTP/1.1", b"HTTP/1.0"):
-            self._start("", "")
-            self._answer(400, close=True)
-            return False
-        method = parts[0].decode("latin-1")
-        target = parts[1].decode("latin-1")
-        self._start(method, target)
-        length = None
-        chunked = False
-        forwarded = None
-        connection = b""
-        expect = False
-        for line in lines[1:]:
-            name, sep, value = line.partition(b":")
-            if not sep:
-                self._answer(400, close=True)
-                return False
-            name = name.strip().lower()
-            if name == b"content-length":
-                value = value.strip()
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    self._answer(400, "Invalid Content-Length", close=True)
-                    return False
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"x-forwarded-for":  # repeated headers join as in Tornado
-                value = value.strip().decode("latin-1")
-                forwarded = value if forwarded is None else f"{forwarded},{value}"
-            elif name == b"connection":
-                connection = value.strip().lower()
-            elif name == b"expect":
-                expect = value.strip().lower() == b"100-continue"
-        if parts[2] == b"HTTP/1.1":
-            self.keep_alive = connection != b"close"
-        else:
-            self.keep_alive = connection == b"keep-alive"
-        if chunked:
-            # Bodies must come with a length; the original answered 411 too.
-            self._answer(411 if method == "POST" else 400, close=True)
-            return False
-        self.code, early, self.detail = self.app.classify(method, target, length)
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        self._begin()
+        self.state, self.since = BODY, time.monotonic()
+        self.keep = parser.should_keep_alive()
+        method = self.method
+        self.code, early, self.detail = self.app.classify(
+            method, self.uri, self.length, version=parser.get_http_version(),
+            chunked=self.chunked, upgrade=parser.should_upgrade())
         if early:
-            self._answer(self.code, close=True)
-            return False
+            self._finish(self.code, close=True)
+            raise _Stop
         if self.code == 0:
-            self.ip = self.app.client_ip(forwarded, self.peer)
-        if expect and length:
-            self.transport.write(_CONTINUE)
-        self.need = self.size = length or 0
-        return True
+            self.ip = self.app.client_ip(self.forwarded, self.peer)
+        if self.expect and self.length and parser.get_http_version() == "1.1":
+            if self.queue:
+                self._push(_CONTINUE)
+            else:
+                self.transport.write(_CONTINUE)
 
-    def _stored(self, fut: asyncio.Future) -> None:
-        exc = fut.exception()
-        self.busy = False
-        self._answer(200 if exc is None else self.app.storage_failure(exc))
-        if not self.closing and self.buf:
-            self._process()
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.code == 0:
+            self.body.append(body)
 
-    def _answer(self, code: int, message: str | None = None, *, payload: bytes | None = None,
+    def on_message_complete(self) -> None:
+        self.state, self.since, self.raw = IDLE, time.monotonic(), 0
+        code = self.code
+        if code == 0:
+            body = self.body[0] if len(self.body) == 1 else b"".join(self.body)
+            answer = _Answer(self.uri, self.t0, self.size, not self.keep)
+            self.queue.append(answer)
+            self.app.store(self.detail, body, self.ip).add_done_callback(
+                lambda fut, a=answer: self._stored(a, fut))
+            if len(self.queue) >= MAX_PIPELINE and not self.paused:
+                self.paused = True
+                self.transport.pause_reading()
+        elif code == 200:
+            payload, ctype = self.app.get_body(self.detail)
+            self._finish(200, payload=_response(200, payload, ctype, not self.keep or self.front.stopping,
+                                                head=self.method == "HEAD"))
+        else:
+            self._finish(code)
+        keep = self.keep
+        self._reset()
+        if not keep:
+            self._stop()
+            raise _Stop  # llhttp refuses data after ``Connection: close``; so do we
+
+    # --- answering ---------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """A request starts counting (in flight, duration) once its head is read."""
+        if not self.started:
+            self.started = True
+            self.t0 = time.perf_counter()
+            self.uri = self.url.decode("latin-1")
+            try:
+                self.method = self.parser.get_method().decode("latin-1")
+            except httptools.HttpParserError:
+                self.method = ""
+            self.app.in_flight += 1
+
+    def _finish(self, code: int, message: str | None = None, *, payload: bytes | None = None,
                 close: bool = False) -> None:
-        close = close or not self.keep_alive or self.front.stopping
-        if not self.closing:
-            if payload is None:
-                if message is None:
-                    payload = (_CANNED.close if close else _CANNED.keep)[code]
-                else:
-                    payload = _response(code, message.encode(), _TEXT, close, message)
-            self.transport.write(payload)
-            if close:
-                self.close()
-        if self.active:
-            self.active = False
-            self.app.account(self.uri, self.t0, code, self.size, message or REASONS[code])
+        """Answer the current request (in order behind any answer still waiting)."""
+        close = close or not self.keep or self.front.stopping
+        if payload is None:
+            head = self.method == "HEAD"
+            if message is None:
+                payload = _CANNED[close, head][code]
+            else:
+                payload = _response(code, message.encode(), _TEXT, close, message, head)
+        answer = _Answer(self.uri, self.t0, self.size, close)
+        answer.payload, answer.code, answer.message = payload, code, message or REASONS[code]
+        self.queue.append(answer)
+        self.started = False
+        if close:
+            self._stop()
+        self._flush()
+
+    def _push(self, payload: bytes) -> None:
+        """An interim answer (100 Continue) that must not overtake earlier answers."""
+        answer = _Answer("", 0.0, 0, False)
+        answer.payload, answer.code = payload, 100
+        self.queue.append(answer)
+
+    def _stored(self, answer: _Answer, fut: asyncio.Future) -> None:
+        exc = fut.exception()
+        code = 200 if exc is None else self.app.storage_failure(exc)
+        close = answer.close or self.front.stopping
+        answer.payload, answer.code, answer.message = _CANNED[close, False][code], code, REASONS[code]
+        answer.close = close
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write every answer at the head of the queue that is ready, in order."""
+        queue = self.queue
+        app = self.app
+        while queue and queue[0].payload is not None:
+            a = queue.popleft()
+            if not self.closing:
+                self.transport.write(a.payload)
+            if a.code != 100:
+                app.account(a.uri, a.t0, a.code, a.size, a.message)
+            if a.close:
+                self._close_now()
+                for rest in queue:  # queued behind a close: never sent
+                    if rest.payload is None:
+                        rest.close = True
+                break
+        if self.paused and len(queue) < MAX_PIPELINE // 2 and not self.closing:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def _abandon(self, message: str) -> None:
+        """The current request will never complete (client gone, timeout)."""
+        self.started = False
+        self.app.account(self.uri, self.t0, 0, self.size, message)
+
+    def _stop(self) -> None:
+        """Parse nothing more; the connection closes after its last queued answer."""
+        self.stopped = True
+
+    def _close_now(self) -> None:
+        """Close after the last answer, lingering so that the answer is not lost.
+
+        Closing a socket whose peer is still sending makes the kernel answer
+        with a reset, which can destroy our answer before the client reads
+        it.  So we send FIN, keep reading (and discarding) until the client
+        closes too or ``LINGER_SECONDS`` pass, as nginx's lingering close does.
+        """
+        self.stopped = True
+        if self.closing:
+            return
+        self.closing = True
+        transport = self.transport
+        if self.eof or transport.is_closing() or not transport.can_write_eof():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except (OSError, RuntimeError):
+            transport.close()
+            return
+        self.state, self.since = LINGER, time.monotonic()
+
+    # --- housekeeping (FastServer's sweeper) ----------------------------------------
+
+    def expired(self, now: float, front: "FastServer") -> bool:
+        """True when this connection has been slow or idle for longer than allowed."""
+        if self.queue:
+            return False  # answers are being prepared: not the client's fault
+        age = now - self.since
+        if self.state == LINGER:
+            return age > LINGER_SECONDS
+        if self.state == IDLE:
+            return age > front.idle_timeout or front.stopping
+        if self.state == HEAD:
+            return age > front.header_timeout
+        return age > front.body_timeout
+
+    def close(self, reason: str = "Connection timed out") -> None:
+        """Close at once (timeouts, shutdown, the connection cap)."""
+        if self.started and self.state == BODY:
+            self._abandon(reason)
+        self.stopped = self.closing = True
+        self.transport.close()
 
 
 class FastServer:
     """Serves a :class:`ReceiverApp` on listening sockets with :class:`HTTPProtocol`."""
 
-    def __init__(self, app: ReceiverApp, idle_timeout: float = 60.0):
+    def __init__(self, app: ReceiverApp, idle_timeout: float | None = None):
         self.app = app
-        self.idle_timeout = idle_timeout
         config = app.config
-        self.max_header = max(65536, config.max_path_length + len(config.url_prefix) + 16384)
-        self.max_buffer = app.config.max_data_length + self.max_header
+        self.idle_timeout = idle_timeout or config.idle_connection_timeout
+        self.header_timeout = config.header_timeout
+        self.body_timeout = config.body_timeout
+        self.max_connections = config.max_connections
         self.connections: set[HTTPProtocol] = set()
         self.stopping = False
         self._servers: list[asyncio.AbstractServer] = []
@@ -257,6 +368,20 @@ class FastServer:
         if self._sweeper is None:
             self._sweeper = loop.create_task(self._sweep())
 
+    def admit(self, conn: HTTPProtocol) -> None:
+        """Take a new connection; at the cap, drop the longest-idle one or refuse with 503."""
+        if len(self.connections) >= self.max_connections:
+            idle = [c for c in self.connections if c.state in (IDLE, LINGER) and not c.queue]
+            if idle:
+                min(idle, key=lambda c: c.since).close()
+            else:
+                self.app.metrics.request(503)
+                conn.stopped = conn.closing = True
+                conn.transport.write(_CANNED[True, False][503])
+                conn.transport.close()
+                return
+        self.connections.add(conn)
+
     def stop(self) -> None:
         """Stop accepting; connections already open keep being served."""
         self.stopping = True
@@ -265,7 +390,7 @@ class FastServer:
 
     async def close_all_connections(self) -> None:
         for conn in list(self.connections):
-            conn.close()
+            conn.close("Server shutting down")
         if self._sweeper is not None:
             self._sweeper.cancel()
         for s in self._servers:
@@ -273,12 +398,12 @@ class FastServer:
         await asyncio.sleep(0)
 
     async def _sweep(self) -> None:
-        """Close connections idle (or stalled mid-request) for longer than the timeout."""
+        """Close connections idle, or slow in a head or a body, for longer than allowed."""
+        tick = max(0.05, min(1.0, self.header_timeout / 4, self.body_timeout / 4,
+                             self.idle_timeout / 4))
         while True:
-            await asyncio.sleep(min(1.0, self.idle_timeout / 2))
+            await asyncio.sleep(tick)
             now = time.monotonic()
             for conn in list(self.connections):
-                if conn.idle_for(now) > self.idle_timeout:
-                    conn.close()
-                elif self.stopping and not conn.active and not conn.buf:
+                if conn.expired(now, self):
                     conn.close()

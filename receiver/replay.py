@@ -240,6 +240,25 @@ class ReplayState:
     def set(self, source: Path, offset: int, done: set[int] | None = None) -> None:
         self.files[str(source)] = {"offset": offset, "done": sorted(done or ())}
 
+    def check_writable(self) -> None:
+        """Fail now, before anything is sent, if the state could not be saved.
+
+        Otherwise the replay would deliver a batch, fail at its first save,
+        and a rerun would send it all again.  The file itself appears at the
+        first save, as before.
+        """
+        if self.path is None:
+            return
+        if self.path.is_dir():
+            raise ReplayError(f"cannot write state file {self.path}: it is a directory")
+        probe = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"{}")
+            probe.unlink()
+        except OSError as e:
+            raise ReplayError(f"cannot write state file {self.path}: {e}") from None
+
     def save(self) -> None:
         """Write atomically: a crash leaves the old state or the new one, never half of one."""
         if self.path is None:
@@ -537,11 +556,15 @@ def replay_logs(config: ReplayConfig, stop: threading.Event | None = None) -> Re
     """
     stop = stop or threading.Event()
     state = ReplayState(config.state)
+    state.check_writable()
     summary = ReplaySummary()
     started = time.monotonic()
     bar = tqdm(unit="rec", desc="replay", disable=not config.progress, leave=False)
     try:
         asyncio.run(_replay(config, state, stop, summary, bar))
+    except ReplayError as e:
+        e.summary = summary  # what was done before the failure, for the caller to report
+        raise
     finally:
         bar.close()
         summary.seconds = time.monotonic() - started
@@ -752,6 +775,9 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
     try:
         summary = replay_logs(config, stop)
     except ReplayError as e:
+        done = getattr(e, "summary", None)
+        if done is not None:
+            click.echo(done.describe(), err=True)
         raise click.ClickException(str(e)) from None
     click.echo(summary.describe(), err=True)
     if summary.failed:

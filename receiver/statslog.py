@@ -19,11 +19,16 @@ class StatsLog:
         self.path = os.fspath(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
         self._lines: list[bytes] = []
+        self._second = -1
+        self._prefix = ""
 
     def log(self, url: str, duration_ms: float, code: int, size: int, message: str) -> None:
         now = time.time()
-        stamp = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-                 + f".{int(now * 1000) % 1000:03d}Z")
+        second = int(now)
+        if second != self._second:  # formatting the date costs more than the rest of a line
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._prefix}.{int(now * 1000) % 1000:03d}Z"
         self._lines.append(orjson.dumps({
             "url": url, "duration_ms": round(duration_ms, 3), "code": code,
             "size": size, "message": message, "timestamp": stamp,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 
 from tornado.httpserver import HTTPServer
 
-from receiver.app import ReceiverApp, make_app, server_options
+from receiver.app import ReceiverApp, TornadoServer, make_app, server_options
 from receiver.config import ReceiverConfig
 from receiver.logwriter import LogWriter
 from receiver.metrics import Metrics, SharedSlots
@@ -44,7 +45,32 @@ def run_worker(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the event loop handles it
-    return asyncio.run(_serve(config, sock, shared, slot))
+    _raise_open_files_limit(config.max_connections)
+    with asyncio.Runner(loop_factory=loop_factory(config.event_loop)) as runner:
+        return runner.run(_serve(config, sock, shared, slot))
+
+
+def loop_factory(name: str):
+    """The event loop constructor for ``event_loop`` (uvloop: libuv, written in Cython)."""
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
+
+
+def _raise_open_files_limit(connections: int) -> None:
+    """Let this worker hold ``max_connections`` sockets (soft limit up to the hard one)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 64
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            return
+        if new < want:
+            log.warning("open files limit %d is below max_connections %d + 64", new, connections)
 
 
 async def _serve(config: ReceiverConfig, sock: socket.socket, shared: SharedSlots | None,
@@ -89,7 +115,7 @@ async def _on_hangup(writer: LogWriter, stats: StatsLog | None) -> None:
 async def start_server(app: ReceiverApp, sock: socket.socket) -> FastServer | HTTPServer:
     """Serve ``app`` on a listening socket with the front end its config names."""
     if app.config.http_server == "tornado":
-        server = HTTPServer(app, **server_options(app.config))
+        server = TornadoServer(app, **server_options(app.config))
         server.add_sockets([sock])
         return server
     server = FastServer(app, app.config.idle_connection_timeout)

@@ -27,9 +27,9 @@ COMMANDS = {
     "compare": "aggregations.cli",
     "mapreduce": "mapreduce.cli",
     "demo": "telemetry.demo",
-    "simulate": "fleet.cli",
     "aggregates": "aggregations.cli",
     "dashboard": "dashboard.cli",
+    "simulate": "fleet.cli",
 }
 
 

@@ -43,6 +43,8 @@ DEMO_SEED = 1
 # enough clients for its mean to be steady), and fewer histograms a ping: the embedded
 # MongoDB-wire server is slow at scanning large documents.
 DEMO_SCENARIO = replace(Scenario(), pings_per_client_day=1.0, histograms_per_ping=40)
+# The demo's own mark on a work directory: only a directory holding it is emptied.
+MARKER = ".telemetry-demo"
 
 # ``telemetry`` as a subprocess of this interpreter (the package has no __main__).
 TELEMETRY = [sys.executable, "-c", "from telemetry.cli import main; main()"]
@@ -79,12 +81,31 @@ def raw_pairs(log_dir: Path) -> Counter:
     return pairs
 
 
+def prepare_workdir(workdir: Path) -> None:
+    """Empty a work directory of an earlier demo run, or make a new one.
+
+    The demo deletes only what it created: a directory that exists and is not
+    empty must carry the demo's marker file, else the demo refuses to touch it.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise DemoError(f"--workdir {workdir} exists and is not a directory")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file():
+            raise DemoError(f"--workdir {workdir} is not empty and was not made by the demo "
+                            f"(no {MARKER} file in it); give a new or empty directory")
+        for child in workdir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by `telemetry demo`; the demo empties this directory when it runs again\n")
+
+
 def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: str | None = None,
              replay: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
     """Receive, convert, import and aggregate ``records`` simulated submissions inside ``workdir``."""
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    prepare_workdir(workdir)
     result = DemoResult()
 
     def step(title: str) -> None:
@@ -193,7 +214,8 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
 
 @click.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
-              help="Where everything is written (emptied first).")
+              help="Where everything is written: a new or empty directory, or one an earlier demo "
+                   "made (emptied first).")
 @click.option("--records", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="How many simulated submissions to post.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)

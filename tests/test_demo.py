@@ -67,3 +67,41 @@ def test_interpreter_search_prints_no_pyenv_noise(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
     assert done.stdout.startswith("PY=python3")
+
+
+def test_demo_refuses_a_directory_it_did_not_make(tmp_path):
+    import pytest
+
+    from telemetry.demo import DemoError, prepare_workdir
+
+    foreign = tmp_path / "p"
+    foreign.mkdir()
+    (foreign / "f").write_text("x")
+    with pytest.raises(DemoError, match="not empty and was not made by the demo"):
+        run_demo(foreign, records=5, echo=lambda line: None)
+    assert (foreign / "f").read_text() == "x"
+
+    # A directory the demo made is emptied on the next run; an empty one is taken.
+    ours = tmp_path / "ours"
+    prepare_workdir(ours)
+    (ours / "old-output").mkdir()
+    (ours / "old-output" / "x").write_text("stale")
+    prepare_workdir(ours)
+    assert sorted(p.name for p in ours.iterdir()) == [".telemetry-demo"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    prepare_workdir(empty)
+    assert (empty / ".telemetry-demo").is_file()
+
+
+def test_demo_command_says_why_it_refuses(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from telemetry.demo import demo
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_text("x")
+    result = CliRunner().invoke(demo, ["--workdir", ".", "--records", "5"])
+    assert result.exit_code == 1
+    assert "not empty and was not made by the demo" in result.output
+    assert (tmp_path / "f").read_text() == "x"

@@ -367,3 +367,28 @@ def test_an_insert_ends_at_the_byte_limit(generated, mongo_url, mongo_db):
     totals = [sum(sizes[i] for i in batch) for batch in listener.batches]
     assert all(t - sizes[b[-1]] < 100_000 for t, b in zip(totals, listener.batches))
     assert sum(t >= 100_000 for t in totals) >= len(totals) - 1 > 5
+
+
+def test_a_dropped_collection_is_imported_again_not_trusted_to_the_bookkeeping(
+    tmp_path, mongo_url, mongo_db
+):
+    write_layout(tmp_path, make_records(40, seed=21))
+    first = import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    assert first.ok and first.inserted == 40
+    mongo_db.drop_collection("payloads")  # outside --drop: the imports records stay
+    again = import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    assert again.ok and again.files_skipped == 0 and again.files_stale == first.files
+    assert again.inserted == 40 and "imported again: the collection was dropped" in again.describe()
+    assert mongo_db.payloads.count_documents({}) == 40
+    third = import_dataset(tmp_path, mongo_url, _options(mongo_db))  # now trusted again
+    assert third.files_skipped == first.files and third.records == 0 and third.files_stale == 0
+
+
+def test_a_filter_naming_another_dimension_is_refused(tmp_path, fixtures_dir):
+    bad = tmp_path / "filter.json"
+    bad.write_text('{"dimensions": [{"field_name": "reason", "allowed_values": "*"},'
+                   ' {"field_name": "appname", "allowed_values": "Firefox"}]}')
+    result = CliRunner().invoke(import_, [str(fixtures_dir / "converted"), "--filter", str(bad),
+                                          "--mongo-url", "mongodb://127.0.0.1:1/"])
+    assert result.exit_code == 2
+    assert "filter dimension 2 is 'appname' but the schema's is 'appName'" in result.output

@@ -28,6 +28,15 @@ def test_allowed_values(value, allowed, expected):
     {"dimensions": []},
     {"dimensions": [{"allowed_values": "*"}]},
     {"dimensions": [{"field_name": "reason", "allowed_values": 5}]},
+    # operator documents and other shapes the SPEC does not have (they matched everything)
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"$ne": "x"}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"$regex": ".*"}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"min": "a", "$ne": "x"}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"min": {"$gt": ""}}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": [{"$ne": "x"}]}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": [23]}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": None}]},
 ])
 def test_malformed_schema_is_rejected(spec):
     with pytest.raises(SchemaError):
