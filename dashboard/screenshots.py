@@ -26,7 +26,7 @@ VIEWS = {
 }
 
 
-def wait_drawn(page, before: int = 0, timeout: float = 30_000) -> None:
+def wait_drawn(page, before: int = 0, timeout: float = 90_000) -> None:
     """Wait until the page has finished ``before + 1`` refreshes (drawn, empty or error)."""
     page.wait_for_function(f"window.__dashboard && window.__dashboard.done > {before}", timeout=timeout)
 
@@ -42,7 +42,8 @@ def take(browser, base_url: str, out_dir: str | os.PathLike, metric: str = "GC_M
     try:
         for name, query in VIEWS.items():
             m = boolean_metric if "boolean" in name else metric
-            page.goto(f"{base_url}/?{query}&metric={m}&channel={channel}&sanitize={sanitize}")
+            page.goto(f"{base_url}/?{query}&metric={m}&channel={channel}&sanitize={sanitize}",
+                      wait_until="commit", timeout=90_000)
             wait_drawn(page)
             page.wait_for_timeout(300)   # let Plotly finish its transitions
             path = out / name

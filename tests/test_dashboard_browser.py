@@ -17,16 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
-import orjson
-import pymongo
 import pytest
 import requests
 
-from aggregations.aggregates import Aggregate, Definitions
-from aggregations.store import Store
-from converter.layout import find_layout_files, read_layout_file
-from converter.revisions import RevisionCache
-from converter.schema import Schema
+from aggregations.importing import AggregatesHook
 from converter.process import ConverterConfig, process
 from dashboard.screenshots import take, wait_drawn
 from fleet.channels import write_revisions
@@ -34,7 +28,7 @@ from fleet.population import Fleet
 from fleet.rawlogs import write_raw_logs
 from fleet.scenario import Scenario
 from histogram_reference import ref_mean, ref_percentile
-from importer.importer import DEFAULT_SCHEMA, ImportOptions, import_dataset
+from importer.importer import ImportOptions, import_dataset
 
 PINGS = 700
 SCENARIO = replace(Scenario(), malformed=None, histograms_per_ping=12,
@@ -58,24 +52,9 @@ def pipeline(tmp_path_factory, mongo_url):
     summary = process(config, [base / "raw"], progress=False)
     assert summary.records_out == PINGS
     database = f"dash_{os.getpid()}"
-    import_dataset(base / "layout", mongo_url, ImportOptions(database=database))
-    with pymongo.MongoClient(mongo_url) as client:
-        aggregate_layout(base / "layout", client[database], hg)
+    import_dataset(base / "layout", mongo_url,
+                   ImportOptions(database=database, hook=AggregatesHook(histogram_cache=str(hg))))
     return {"base": base, "database": database, "fleet": fleet}
-
-
-def aggregate_layout(layout: Path, db, revisions: Path) -> None:
-    """The aggregates of every layout file, where the importer has not kept them itself."""
-    if db["aggregates_files"].estimated_document_count():
-        return
-    definitions = Definitions(RevisionCache(revisions, None))
-    names = [d.field_name for d in Schema.load(DEFAULT_SCHEMA).dimensions]
-    agg = Aggregate()
-    for lf in find_layout_files(layout, include_plain=False):
-        dims = dict(zip(names, lf.dimensions))
-        for _, _, text in read_layout_file(lf.path):
-            agg.add_ping(orjson.loads(text), dims, definitions)
-    Store(db).apply_files({"all": (agg, {"channel": "", "version": ""})})
 
 
 def start_dashboard(mongo_url: str, database: str, *extra: str) -> tuple[subprocess.Popen, str]:
@@ -107,6 +86,7 @@ def server(pipeline, mongo_url):
 def context(browser):
     """One browser context for the module: its cache keeps the chart library compiled between tests."""
     ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    ctx.set_default_timeout(90_000)   # a machine shared by many test runs can be very slow
     yield ctx
     ctx.close()
 
@@ -152,10 +132,9 @@ def api_histogram(server, metric, **filters):
 
 
 def goto(page, server, **state):
-    n = page.evaluate("window.__dashboard ? window.__dashboard.done : 0") if page.url.startswith(server) else 0
-    page.goto(f"{server}/?{urlencode(state)}")
+    """Open the page with this state in its URL and wait until it has drawn (or said why not)."""
+    page.goto(f"{server}/?{urlencode(state)}", wait_until="commit")
     wait_drawn(page, 0)
-    return n
 
 
 def change(page, action):
@@ -234,7 +213,7 @@ def test_measure_search_permalink_and_csv_export(page, server, tmp_path):
 
     # the permalink reproduces the view in a fresh page
     again = page.context.new_page()
-    again.goto(page.url)
+    again.goto(page.url, wait_until="commit")
     wait_drawn(again)
     assert again.evaluate("window.__dashboard.drawn.json") == drawn
     assert again.is_checked("#cumulative") and again.input_value("#metric") == "CYCLE_COLLECTOR"
