@@ -22,7 +22,6 @@ Prints the median of ``--runs`` runs of each.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
@@ -36,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from dashboard.screenshots import CHROMIUM_FLAGS  # noqa: E402
+from dashboard.screenshots import launch  # noqa: E402
 
 # ``telemetry`` as a subprocess of this interpreter (the package has no __main__).
 TELEMETRY = [sys.executable, "-c", "from telemetry.cli import main; main()"]
@@ -95,9 +94,8 @@ def measure(url: str, runs: int) -> dict[str, list[float]]:
 
     out: dict[str, list[float]] = {"first_chart": [], "first_draw": [], "filter_change": [], "api_fetch": [],
                                    "draw": [], "dates": []}
-    chromium = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS, headless=True)
+        browser = launch(p)
         for _ in range(runs):
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()

@@ -26,6 +26,19 @@ VIEWS = {
 }
 
 
+class NoChromium(Exception):
+    """Debian's Chromium (or $CHROMIUM) is not there."""
+
+
+def launch(playwright):
+    """Headless Chromium, Debian's (or $CHROMIUM), never one Playwright downloads."""
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not os.path.exists(path):
+        raise NoChromium(f"no Chromium at {path}: install Debian's package (apt-get install -y chromium) "
+                         "or set CHROMIUM to a Chromium binary")
+    return playwright.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS, headless=True)
+
+
 def wait_drawn(page, before: int = 0, timeout: float = 90_000) -> None:
     """Wait until the page has finished ``before + 1`` refreshes (drawn, empty or error)."""
     page.wait_for_function(f"window.__dashboard && window.__dashboard.done > {before}", timeout=timeout)
@@ -65,9 +78,11 @@ def main(url: str, out_dir: str, metric: str, boolean_metric: str, channel: str,
     """Take a screenshot of each view of the dashboard at URL."""
     from playwright.sync_api import sync_playwright
 
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            browser = launch(p)
+        except NoChromium as e:
+            raise click.ClickException(str(e)) from None
         try:
             for written in take(browser, url.rstrip("/"), out_dir, metric, boolean_metric, channel, sanitize):
                 click.echo(written)

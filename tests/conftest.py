@@ -90,10 +90,6 @@ def mongo_db(mongo_client):
 
 # --- Browser (owned by the dashboard engineer) -------------------------------
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run"]
-
-
 @pytest.fixture(scope="session")
 def browser():
     """One headless Chromium per test session: Debian's, driven by Playwright (never a downloaded one).
@@ -101,15 +97,14 @@ def browser():
     ``./scripts/test`` installs it (``apt-get install chromium``); a missing
     browser fails the tests that need it, it never skips them.
     """
-    import shutil
-
     from playwright.sync_api import sync_playwright
 
-    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.path.exists(path):
-        pytest.fail(f"no Chromium at {path}: install Debian's package (apt-get install -y chromium) "
-                    "or set CHROMIUM to a Chromium binary")
+    from dashboard.screenshots import NoChromium, launch
+
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=path, args=CHROMIUM_FLAGS, headless=True)
+        try:
+            chromium = launch(p)
+        except NoChromium as e:
+            pytest.fail(str(e))
         yield chromium
         chromium.close()

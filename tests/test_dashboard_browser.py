@@ -14,7 +14,6 @@ import re
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
