@@ -59,7 +59,8 @@ export function renderEvolution(meta, series, state) {
     });
   });
   const unit = categorical ? "% of samples" : meta.metric;
-  const jump = largestJump(perDate[0].points, stats[0]);
+  // Percentages of a category jump by large ratios from near zero: the step is pointed at on scales only.
+  const jump = categorical ? null : largestJump(perDate[0].points, stats[0]);
   const annotations = jump ? [{
     x: isoDate(jump.date), y: jump.value, ax: 0, ay: -40, showarrow: true, arrowhead: 2,
     text: `largest change: ${jump.change > 0 ? "+" : ""}${(100 * jump.change).toFixed(0)}% ${statName(stats[0])}` +
@@ -86,8 +87,8 @@ export function renderEvolution(meta, series, state) {
   Plotly.react("chart-second", counts, {
     margin: {t: 30, r: 70, b: 40, l: 70},
     title: {text: "pings and samples per date", font: {size: 13}},
-    xaxis: {type: "date"}, yaxis: {title: {text: "pings"}},
-    yaxis2: {title: {text: "samples"}, overlaying: "y", side: "right", rangemode: "tozero"},
+    xaxis: {type: "date"}, yaxis: {title: {text: "pings"}, rangemode: "tozero", tickformat: ",d"},
+    yaxis2: {title: {text: "samples"}, overlaying: "y", side: "right", rangemode: "tozero", tickformat: ",d"},
     legend: {orientation: "h", y: -0.2},
   }, {displaylogo: false, responsive: true});
 

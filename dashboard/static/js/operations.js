@@ -18,7 +18,7 @@ export function renderOperations(box, summary) {
   const r = summary.receiver || {};
   const c = summary.converter || {};
   const im = summary.imports || {};
-  box.replaceChildren(
+  box.replaceChildren(...[
     el("p", {class: "generated"}, `As of ${summary.generated_at} (${summary.window_minutes} minutes of stats log)`),
     summary.problems?.length ? el("ul", {class: "problems"}, summary.problems.map((p) => el("li", {text: p}))) : null,
     el("h2", {text: "Submissions per minute by channel"}),
@@ -39,7 +39,7 @@ export function renderOperations(box, summary) {
       ["raw logs waiting (finished after the newest import)", im.raw_files_waiting ?? "–"],
       ["files imported / in progress", `${formatCell(im.files_done ?? null)} / ${formatCell(im.files_started ?? null)}`],
     ], {id: "ops-imports"}),
-  );
+  ].filter(Boolean));
   const perMinute = r.per_minute || [];
   const channels = [...new Set(perMinute.map((p) => p.channel))].sort();
   const rate = channels.map((ch) => {
