@@ -100,7 +100,8 @@ def measure(url: str, runs: int) -> dict[str, list[float]]:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
             t0 = time.perf_counter()
-            page.goto(f"{url}/?view=evo&metric=GC_MS&channel=nightly&sanitize=0&stats=p50|mean|p95")
+            page.goto(f"{url}/?view=evo&metric=GC_MS&channel=nightly&sanitize=0&stats=p50|mean|p95",
+                      wait_until="commit", timeout=120_000)
             page.wait_for_function("window.__dashboard && window.__dashboard.done > 0", timeout=120_000)
             out["first_chart"].append(time.perf_counter() - t0)
             assert page.get_attribute("#status", "data-kind") == "ok", page.inner_text("#status")
