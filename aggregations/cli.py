@@ -19,7 +19,14 @@ from aggregations.pipelines import (
     run_custom,
 )
 from converter.schema import Schema, SchemaError
-from importer.cli import BadSetup, connect_url, mongo_config, mongo_options
+from importer.cli import (
+    BadSetup,
+    collection_name,
+    connect_url,
+    database_name,
+    mongo_config,
+    mongo_options,
+)
 from importer.errors import MongoUnavailable
 from importer.importer import DEFAULT_SCHEMA
 from importer.mongo import connect
@@ -93,8 +100,12 @@ def _why_no_rows(coll, name: str | None, measure: str | None, database: str, col
 
 
 def collection_options(f):
-    f = click.option("-c", "--collection", default="payloads", show_default=True)(f)
-    f = click.option("-d", "--database", default="telemetry", show_default=True)(f)
+    f = click.option(
+        "-c", "--collection", default="payloads", show_default=True, callback=collection_name
+    )(f)
+    f = click.option(
+        "-d", "--database", default="telemetry", show_default=True, callback=database_name
+    )(f)
     return f
 
 

@@ -124,4 +124,9 @@ def make_deps(config: DashboardConfig, url: str) -> Deps:
 
     client = AsyncMongoClient(url, serverSelectionTimeoutMS=config.mongo_timeout_ms,
                               tz_aware=True)
-    return Deps(client[config.database], load_tokens(config.tokens_file))
+    deps = Deps(client[config.database], load_tokens(config.tokens_file))
+    if config.pipeline_dir:
+        from pipeline.health import metrics_source
+
+        deps.metrics.add_source(metrics_source(config.pipeline_dir))
+    return deps

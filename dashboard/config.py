@@ -34,6 +34,7 @@ class DashboardConfig:
     tokens_file: str | None = None
     max_dates: int = 1000                   # dates per query (the real client sends < 350)
     mongo_timeout_ms: int = 5000
+    pipeline_dir: str | None = None         # a `telemetry pipeline` data dir: its health on /metrics
     # What the operations view reads (docs/dashboard.md); each optional.
     stats_log: str | None = None            # the receiver's stats_log_file
     raw_logs: str | None = None             # the receiver's log_path

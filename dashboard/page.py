@@ -105,8 +105,17 @@ class OperationsHandler(BaseHandler):
 
 
 def operations_config(service: Service) -> OperationsConfig:
+    """The operations view's sources: as configured, else those of ``--pipeline-dir``'s layout."""
     c = service.config
-    return OperationsConfig(stats_log=c.stats_log, raw_logs=c.raw_logs, errors_dir=c.errors_dir,
+    raw_logs, errors_dir = c.raw_logs, c.errors_dir
+    if c.pipeline_dir:
+        from converter.process import ERRORS_DIR
+        from pipeline.datadir import DataDir
+
+        data = DataDir(Path(c.pipeline_dir))
+        raw_logs = raw_logs or str(data.raw)
+        errors_dir = errors_dir or str(data.layout / ERRORS_DIR)
+    return OperationsConfig(stats_log=c.stats_log, raw_logs=raw_logs, errors_dir=errors_dir,
                             receiver_url=c.receiver_url)
 
 

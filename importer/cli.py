@@ -23,6 +23,7 @@ from importer.importer import (
     ImportOptions,
     default_workers,
     import_dataset,
+    parse_write_concern,
 )
 from importer.mongo import (
     MongoConfig,
@@ -41,6 +42,30 @@ class BadSetup(click.ClickException):
     """A bad URI, an unreachable server, a missing directory: one line, exit 2, no usage dump."""
 
     exit_code = 2
+
+
+_DATABASE_FORBIDDEN = set('/\\. "$*<>:|?\0')
+
+
+def database_name(ctx, param, value: str) -> str:
+    """A click callback: a MongoDB database name, checked before any server sees it."""
+    bad = sorted(set(value) & _DATABASE_FORBIDDEN)
+    if not value or bad or len(value.encode()) > 63:
+        raise click.BadParameter(
+            f"{value!r} is not a MongoDB database name (1-63 bytes, none of / \\ . space \" $ * < > : | ?)"
+        )
+    return value
+
+
+def collection_name(ctx, param, value: str) -> str:
+    """A click callback: a MongoDB collection name that is the user's to write and read."""
+    if not value or "$" in value or "\0" in value or value.startswith("."):
+        raise click.BadParameter(
+            f"{value!r} is not a MongoDB collection name (not empty, no '$', not starting with '.')"
+        )
+    if value.startswith("system."):
+        raise click.BadParameter(f"{value!r}: system.* collections are MongoDB's own")
+    return value
 
 
 def mongo_options(f):
@@ -87,6 +112,13 @@ def connect_url(config: MongoConfig) -> str:
         raise BadSetup(str(e)) from None
 
 
+def _write_concern(value: str) -> int | str:
+    try:
+        return parse_write_concern(value)
+    except ImporterError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def check_filter_levels(filter: Schema, schema: Schema) -> None:
     """A layout filter applies by position: each of its dimensions must be the schema's there.
 
@@ -104,8 +136,10 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
 
 @click.command("import")
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("-d", "--database", default="telemetry", show_default=True)
-@click.option("-c", "--collection", default="payloads", show_default=True)
+@click.option("-d", "--database", default="telemetry", show_default=True, callback=database_name)
+@click.option(
+    "-c", "--collection", default="payloads", show_default=True, callback=collection_name
+)
 @click.option("--drop", is_flag=True, help="Drop the collection and its import records first.")
 @click.option(
     "--workers",
@@ -138,6 +172,7 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
     default="1",
     show_default=True,
     help="w of every insert: a number or 'majority' (0 is accepted but loses error reports).",
+    callback=lambda ctx, param, value: _write_concern(value),
 )
 @click.option(
     "--on-duplicate",
@@ -167,6 +202,18 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
 )
 @click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
 @click.option("--histogram-server", help="Histogram server URL or host:port.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep running: import each published file as it appears (one process; "
+    "SIGTERM finishes the files in hand and exits 0; SIGUSR1 drains).",
+)
+@click.option("--drain", is_flag=True, help="With --follow: import every file there is, then exit.")
+@click.option(
+    "--status-file",
+    type=click.Path(dir_okay=False),
+    help="With --follow: where to write health and lag [default: DATASET/.state/import-status.json].",
+)
 @mongo_options
 def import_(
     dataset,
@@ -183,6 +230,9 @@ def import_(
     schema_path,
     filter_path,
     no_indexes,
+    follow,
+    drain,
+    status_file,
     no_aggregates,
     histogram_cache,
     histogram_server,
@@ -190,9 +240,16 @@ def import_(
     mongo_dir,
 ):
     """Load every layout file under DATASET into MongoDB, one document per record."""
-    if not dataset.is_dir():
+    following = follow or drain
+    if following and drop:
+        raise click.UsageError("--drop does not go with --follow")
+    if status_file and not following:
+        raise click.UsageError("--status-file goes with --follow")
+    if following and dataset.exists() and not dataset.is_dir():
+        raise BadSetup(f"dataset {dataset} is not a directory")
+    if not dataset.is_dir() and not following:
         raise BadSetup(f"dataset directory {dataset} does not exist")
-    wc: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+    wc = write_concern
     try:
         schema = Schema.load(schema_path) if schema_path else None
         filter = Schema.load(filter_path) if filter_path else None
@@ -217,6 +274,9 @@ def import_(
         create_indexes=not no_indexes,
         hook=None if no_aggregates else _aggregates_hook(histogram_cache, histogram_server),
     )
+    if following:
+        _follow(dataset, url, options, drain, status_file)
+        return
     bar = _progress_bar()
     try:
         summary = import_dataset(dataset, url, options, progress=bar)
@@ -242,6 +302,26 @@ def import_(
         click.echo(NO_HISTOGRAMS_NOTICE, err=True)
     if not summary.ok:
         sys.exit(1)
+
+
+def _follow(dataset, url, options, drain, status_file):
+    import logging
+
+    from importer.follow import follow_dataset
+    from pipeline.watcher import Stop
+
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s importer[%(process)d] %(levelname)s %(message)s"
+    )
+    stop = Stop.on_signals(drain)
+    click.echo(f"following {dataset} into {options.database}.{options.collection}", err=True)
+    try:
+        summary = follow_dataset(dataset, url, options, stop, status_file=status_file)
+    except MongoUnavailable as e:
+        raise BadSetup(str(e)) from None
+    except ImporterError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"imported into {options.database}.{options.collection}: {summary.describe()}")
 
 
 def _aggregates_hook(histogram_cache: str | None, histogram_server: str | None):

@@ -115,6 +115,12 @@ def _check(config: JobConfig) -> None:
         raise ConfigError(f"input filter {config.input_filter} is not a file")
     if config.reduce_memory_mb <= 0:
         raise ConfigError("the reducer memory budget must be positive")
+    if config.bucket and not config.local_only or config.endpoint_url:
+        from converter.export import s3_location_problem
+
+        problem = s3_location_problem(config.bucket or None, config.endpoint_url)
+        if problem:
+            raise ConfigError(problem)
     # The job writes its output and work dir, never directories above them it was not given.
     output_parent = Path(config.output).absolute().parent
     if not output_parent.is_dir():

@@ -82,6 +82,7 @@ class HTTPProtocol(asyncio.Protocol):
         self.fields = 0
         self.length: int | None = None
         self.chunked = False
+        self.codings = 0
         self.forwarded: str | None = None
         self.ip: str | None = None
         self.expect = False
@@ -169,6 +170,7 @@ class HTTPProtocol(asyncio.Protocol):
         if name == b"content-length":
             self.length = int(value)  # llhttp checked: digits, one header, no overflow
         elif name == b"transfer-encoding":
+            self.codings += 1
             self.chunked = True
         elif name == b"x-forwarded-for":  # repeated headers join as in Tornado
             value = value.strip().decode("latin-1")
@@ -181,16 +183,18 @@ class HTTPProtocol(asyncio.Protocol):
         self._begin()
         self.state, self.since = BODY, time.monotonic()
         self.keep = parser.should_keep_alive()
-        method = self.method
+        version = parser.get_http_version()
         self.code, early, self.detail = self.app.classify(
-            method, self.uri, self.length, version=parser.get_http_version(),
+            self.method, self.uri, self.length, version=version,
             chunked=self.chunked, upgrade=parser.should_upgrade())
+        if self.codings > 1:  # llhttp takes a repeated one; Tornado's front end refuses it
+            self.code, early = 400, True
         if early:
             self._finish(self.code, close=True)
             raise _Stop
         if self.code == 0:
             self.ip = self.app.client_ip(self.forwarded, self.peer)
-        if self.expect and self.length and parser.get_http_version() == "1.1":
+        if self.expect and self.length and version == "1.1":
             if self.queue:
                 self._push(_CONTINUE)
             else:

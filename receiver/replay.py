@@ -429,6 +429,15 @@ class HttpClient:
         self.idle.clear()
 
 
+def shown(url: str) -> str:
+    """``url`` as messages print it: a password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
+
+
 def _basic_auth(proxy) -> str:
     user = unquote(proxy.username or "")
     password = unquote(proxy.password or "")
@@ -514,10 +523,10 @@ class Sender:
             if 200 <= status < 300:
                 return Outcome(DELIVERED, attempt - 1)
             if 300 <= status < 500 and status not in RETRY_4XX:
-                return Outcome(REJECTED, attempt - 1, f"{method} {url}: {problem}")
+                return Outcome(REJECTED, attempt - 1, f"{method} {shown(url)}: {problem}")
             if attempt == config.attempts:
                 return Outcome(FAILED, attempt - 1,
-                               f"{method} {url}: {problem} after {attempt} attempts")
+                               f"{method} {shown(url)}: {problem} after {attempt} attempts")
             delay = min(config.max_backoff, config.backoff * 2 ** (attempt - 1))
             if await _pause(delay, self.stop):
                 return Outcome(INTERRUPTED, attempt - 1)

@@ -30,6 +30,7 @@ COMMANDS = {
     "aggregates": "aggregations.cli",
     "dashboard": "dashboard.cli",
     "simulate": "fleet.cli",
+    "pipeline": "pipeline.cli",
 }
 
 

@@ -47,9 +47,6 @@ DEMO_SCENARIO = replace(Scenario(), pings_per_client_day=1.0, histograms_per_pin
 # The demo's own mark on a work directory: only a directory holding it is emptied.
 MARKER = ".telemetry-demo"
 
-# ``telemetry`` as a subprocess of this interpreter (the package has no __main__).
-TELEMETRY = [sys.executable, "-c", "from telemetry.cli import main; main()"]
-
 
 class DemoError(Exception):
     """The demo cannot run (for instance the repository's fixtures are missing)."""
@@ -193,8 +190,8 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
                       "mean_ms": round(r["sum"] / max(1, sum(r["buckets"])), 1),
                       "note": "<- regression from here" if r["appBuildID"] == result.regression_build else ""}
                      for r in result.build_rows]
-            echo(f"\nGC_MS on nightly per build (the fleet makes it 30% slower from "
-                 f"{result.regression_build} on):")
+            echo(f"\nGC_MS on nightly per build (the fleet makes it "
+                 f"{DEMO_SCENARIO.regression.factor - 1:.0%} slower from {result.regression_build} on):")
             echo(format_rows(shown, list(shown[0]) if shown else []))
     finally:
         if server is not None:
@@ -225,39 +222,38 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
 @click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
               help="Use this MongoDB instead of a throwaway embedded server.")
 @click.option("--replay/--no-replay", default=True, show_default=True)
-@click.option("--serve", is_flag=True, help="Then keep the dashboard running on the demo's data (Ctrl-C stops).")
-def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool, serve: bool) -> None:
+@click.option("--serve", is_flag=True,
+              help="Run the live pipeline (telemetry pipeline) with simulated traffic until Ctrl-C.")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="With --serve: simulated pings per second.")
+@click.option("--seconds", type=click.FloatRange(0, min_open=True),
+              help="With --serve: stop after this long [until Ctrl-C].")
+def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool,
+         serve: bool = False, rate: float = 20.0, seconds: float | None = None) -> None:
     """Run the whole pipeline once on embedded defaults and print what each stage did."""
+    if serve:
+        _serve(workdir, rate, seconds, mongo_url)
+        return
     started = time.monotonic()
     try:
         result = run_demo(workdir, records, workers, mongo_url, replay, echo=click.echo)
     except DemoError as e:
         raise click.ClickException(str(e)) from None
     click.echo(f"\ndone in {time.monotonic() - started:.1f} s; everything is under {workdir}/")
-    if serve:
-        serve_dashboard(workdir, mongo_url)
     if result.accepted != result.posted or result.replayed_same is False:
         sys.exit(1)
 
 
-def serve_dashboard(workdir: Path, mongo_url: str | None) -> None:
-    """``telemetry dashboard`` over the demo's database and files until Ctrl-C."""
-    import subprocess
+def _serve(workdir: Path, rate: float, seconds: float | None, mongo_url: str | None) -> None:
+    from pipeline.errors import PipelineError
+    from pipeline.showcase import serve_demo
 
-    server = None
-    if mongo_url is None:
-        server, _ = ensure_embedded(MongoConfig(data_dir=workdir / "mongo"))
-        mongo_url = server.url
-    click.echo("\n== dashboard (Ctrl-C stops it): open the URL below in a browser")
+    workdir.mkdir(parents=True, exist_ok=True)
     try:
-        subprocess.run([*TELEMETRY, "dashboard", "--mongo-url", mongo_url,
-                        "--port", "0", "--stats-log", str(workdir / "stats.log"),
-                        "--raw-logs", str(workdir / "raw"), "--errors-dir", str(workdir / "layout" / ".errors")])
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if server is not None:
-            server.stop()
+        code = serve_demo(workdir, rate, seconds, mongo_url=mongo_url, echo=click.echo)
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
 
 
 commands = [demo]

@@ -105,3 +105,23 @@ def test_demo_command_says_why_it_refuses(tmp_path, monkeypatch):
     assert result.exit_code == 1
     assert "not empty and was not made by the demo" in result.output
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_demo_serve_runs_the_live_pipeline_with_traffic(tmp_path, mongo_url):
+    import subprocess
+    import sys
+
+    import pymongo
+
+    r = subprocess.run([sys.executable, "-m", "telemetry.demo", "--serve", "--workdir",
+                        str(tmp_path / "demo"), "--rate", "20", "--seconds", "6",
+                        "--mongo-url", mongo_url],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "posting 20 simulated pings/s" in r.stdout
+    assert "converter" in r.stdout and "end-to-end lag" in r.stdout
+    acked = int(r.stdout.split("stopping: ", 1)[1].split(" pings", 1)[0])
+    assert acked > 0
+    with pymongo.MongoClient(mongo_url) as client:
+        assert client["telemetry"]["payloads"].count_documents({}) == acked
+        client.drop_database("telemetry")
