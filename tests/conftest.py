@@ -90,9 +90,13 @@ def mongo_db(mongo_client):
 
 # --- Browser (owned by the dashboard engineer) -------------------------------
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium per test session: Debian's, driven by Playwright (never a downloaded one).
+    """One headless Chromium per test module: Debian's, driven by Playwright (never a downloaded one).
+
+    Per module, not per session: while Playwright's sync API is open, its
+    event loop counts as running in the main thread, so a later test's
+    ``asyncio.run`` (replay, the fleet's sender) would fail in that worker.
 
     ``./scripts/test`` installs it (``apt-get install chromium``); a missing
     browser fails the tests that need it, it never skips them.
