@@ -87,7 +87,13 @@ def job_script(name: str) -> Path:
 
 def render_job_script(name: str, params: dict[str, Any], target: Path) -> Path:
     """A copy of the pipeline's job script with its ``PARAMS = ...`` statement set to ``params``."""
-    text = job_script(name).read_text()
+    return render_script(job_script(name), params, target)
+
+
+def render_script(source: Path, params: dict[str, Any], target: Path) -> Path:
+    """A copy of a job script with its ``PARAMS = ...`` statement set to ``params``."""
+    name = Path(source).stem
+    text = Path(source).read_text()
     assign = next(
         (
             node

@@ -28,6 +28,16 @@ STATISTICS = ("sum", "log_sum", "log_sum_squares", "sum_squares_lo", "sum_square
 PERCENTILES = (25, 50, 75, 95)
 UNKNOWN = "UNKNOWN"
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+# Operators a custom pipeline may not hold anywhere (sub-pipelines and expressions
+# included): they write to the database, run JavaScript on the server, or never end.
+REFUSED_OPERATORS = {
+    "$out": "writes a collection",
+    "$merge": "writes into a collection",
+    "$function": "runs JavaScript on the server",
+    "$accumulator": "runs JavaScript on the server",
+    "$where": "runs JavaScript on the server",
+    "$changeStream": "waits for changes forever",
+}
 
 
 class AggregationError(ValueError):
@@ -270,17 +280,44 @@ def run_custom(
     collection, pipeline: Any, filter: Schema | None = None
 ) -> tuple[list[dict], list[str]]:
     """A user's own pipeline; its columns are its rows' fields in order of first appearance."""
+    check_custom(pipeline)
+    rows = list(collection.aggregate(with_filter(pipeline, filter)))
+    columns: dict[str, None] = {}
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    return rows, list(columns)
+
+
+def check_custom(pipeline: Any) -> None:
+    """Refuse a custom pipeline that is not a list of stages or is not read-only.
+
+    Custom pipelines answer questions; they must not change the data
+    (``$out``, ``$merge``) nor run JavaScript (``$function``, ``$accumulator``,
+    ``$where``), at any depth: inside ``$lookup``/``$facet``/``$unionWith``
+    sub-pipelines and inside expressions too.
+    """
     if not isinstance(pipeline, list) or not all(
         isinstance(s, dict) and len(s) == 1 for s in pipeline
     ):
         raise AggregationError(
             'a pipeline file must hold a JSON list of stages, each one {"$stage": ...}'
         )
-    rows = list(collection.aggregate(with_filter(pipeline, filter)))
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    return rows, list(columns)
+    for i, stage in enumerate(pipeline):
+        _check_read_only(stage, f"stage {i + 1}")
+
+
+def _check_read_only(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in REFUSED_OPERATORS:
+                raise AggregationError(
+                    f"{where}: {key} {REFUSED_OPERATORS[key]}; custom pipelines are read-only "
+                    f"and run no JavaScript"
+                )
+            _check_read_only(inner, f"{where}, {key}")
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            _check_read_only(inner, f"{where}[{i}]")
 
 
 def with_filter(pipeline: list[dict], filter: Schema | None) -> list[dict]:

@@ -44,9 +44,24 @@ from converter.revisions import serve_histograms
               help="MiB of unpublished output per worker before layout files are rotated early.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar (default: on a terminal).")
+@click.option("--follow", is_flag=True,
+              help="Keep running: convert each raw log of the directories as it is finished "
+                   "(SIGTERM finishes the file in hand and exits 0; SIGUSR1 drains).")
+@click.option("--drain", is_flag=True,
+              help="With --follow: convert every finished file there is, then exit.")
+@click.option("--status-file", type=click.Path(dir_okay=False),
+              help="With --follow: where to write health and lag "
+                   "[default: {output}/.state/follow-status.json].")
 def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors: str | None,
-                    progress: bool | None, **options) -> None:
+                    progress: bool | None, follow: bool, drain: bool, status_file: str | None,
+                    **options) -> None:
     """Convert raw logs (files of any name, or the .finished files of directories)."""
+    if follow or drain:
+        if retry_errors or not raw:
+            raise click.UsageError("--follow takes the raw-log directories to follow "
+                                   "(and no --retry-errors)")
+    elif status_file:
+        raise click.UsageError("--status-file goes with --follow")
     if not raw and not retry_errors:
         raise click.UsageError("name raw files or directories, or --retry-errors DIR")
     try:
@@ -56,7 +71,10 @@ def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors:
             config = ConverterConfig.from_dict({k: v for k, v in options.items() if v is not None})
         for notice in config.notices:
             click.echo(f"note: {notice}", err=True)
-        summary = process(config, raw, retry_errors=retry_errors, progress=progress)
+        if follow or drain:
+            summary = _follow(config, raw, drain, status_file)
+        else:
+            summary = process(config, raw, retry_errors=retry_errors, progress=progress)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     except ConverterError as e:
@@ -65,6 +83,26 @@ def process_command(raw: tuple[str, ...], config_path: str | None, retry_errors:
         click.echo(line)
     if summary.error_files:
         click.echo(f"rejected records are in {config.errors}")
+    if summary.infrastructure:
+        # Not the records' fault: say why on stderr and fail, so no one takes the run for done.
+        for problem in summary.infrastructure_problems():
+            click.echo(f"Error: {problem}", err=True)
+        click.echo(f"Error: those records are kept in {config.errors}; once the cause is fixed, "
+                   f"convert them with --retry-errors {config.errors}", err=True)
+        sys.exit(1)
+
+
+def _follow(config, raw: tuple[str, ...], drain: bool, status_file: str | None):
+    import logging
+
+    from converter.follow import follow
+    from pipeline.watcher import Stop
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s converter[%(process)d] %(levelname)s %(message)s")
+    stop = Stop.on_signals(drain)
+    click.echo(f"following {', '.join(raw)} into {config.output}", err=True)
+    return follow(config, raw, stop, status_file=status_file)
 
 
 @click.command("histogram-server")
@@ -76,7 +114,11 @@ def histogram_server_command(directory: str, host: str, port: int) -> None:
     """Serve Histograms.json revisions at hg's raw-file URLs until Ctrl-C or SIGTERM."""
     try:
         server = serve_histograms(directory, host, port)
-    except (OSError, ValueError) as e:
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    except ValueError as e:
         raise click.ClickException(str(e)) from None
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     click.echo(f"serving {directory} at {server.url}")

@@ -25,7 +25,7 @@ from converter.errors import RecordError
 from converter.histograms import HistogramError, Histograms
 from converter.revisions import RevisionError
 from converter.schema import Schema, submission_date
-from receiver.rawlog import CorruptData, DataTooLarge, Record, inflate
+from receiver.rawlog import MAX_INFLATED, CorruptData, DataTooLarge, Record, inflate
 
 VERSION_UNCONVERTED = 1
 VERSION_CONVERTED = 2
@@ -40,7 +40,7 @@ MAX_DOC_ID_LENGTH = 256
 STATISTICS = ("sum", "log_sum", "log_sum_squares", "sum_squares_lo", "sum_squares_hi")
 UNKNOWN_KEY = "unknownHistograms"
 UNKNOWN_KEYED_KEY = "unknownKeyedHistograms"
-DEFAULT_MAX_UNCOMPRESSED = 1_048_576
+DEFAULT_MAX_UNCOMPRESSED = MAX_INFLATED
 
 
 class RevisionSource(Protocol):
@@ -259,7 +259,7 @@ class Converter:
             reason = getattr(e, "reason", "missing_revision")
             if reason not in ("missing_revision", "missing_revision_repo"):
                 reason = "missing_revision"
-            raise RecordError(reason, str(e)) from None
+            raise RecordError(reason, str(e), getattr(e, "unavailable", None)) from None
         except HistogramError as e:
             raise RecordError("missing_revision", f"revision {revision}: {e}") from None
 

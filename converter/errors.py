@@ -29,17 +29,24 @@ class ConverterError(Exception):
 
 
 class RecordError(ConverterError):
-    """One record cannot be converted; ``reason`` is one of :data:`REASONS`."""
+    """One record cannot be converted; ``reason`` is one of :data:`REASONS`.
 
-    def __init__(self, reason: str, message: str):
+    ``infrastructure`` names the cause when the record itself is fine and
+    something around it failed (the histogram server unreachable, a layout
+    directory that cannot be written): the record waits in the error output
+    for ``--retry-errors``, and the run must not look successful.
+    """
+
+    def __init__(self, reason: str, message: str, infrastructure: str | None = None):
         if reason not in REASONS:
             raise ValueError(f"unknown rejection reason {reason!r}")
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.infrastructure = infrastructure
 
     def __reduce__(self):  # picklable across worker processes
-        return (RecordError, (self.reason, self.message))
+        return (RecordError, (self.reason, self.message, self.infrastructure))
 
 
 class UnwritablePartition(ConverterError):

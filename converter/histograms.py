@@ -390,6 +390,13 @@ class Histograms:
         resolved = self._resolve(name)
         return None if resolved is None else self._definition(resolved)
 
+    def description(self, name: str) -> str:
+        """The ``description`` text of ``name`` (``STARTUP_X`` falls back to X); "" if none."""
+        resolved = self._resolve(name)
+        spec = self._specs.get(resolved) if resolved is not None else None
+        text = spec.get("description") if isinstance(spec, dict) else None
+        return text if isinstance(text, str) else ""
+
     def errors(self) -> dict[str, HistogramError]:
         """Every definition that cannot be built, by name: for reports and checks."""
         out = {}

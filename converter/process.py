@@ -39,6 +39,8 @@ from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWr
 from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, finished_files
 
 DEFAULT_SCHEMA = Path(__file__).parent / "telemetry_schema.json"  # the original's schema
+# The levels each codec accepts: zstd's fast (negative) and normal ones, lzma's presets.
+COMPRESSION_LEVELS = {"zst": (-131072, 22), "lzma": (0, 9)}
 STATE_DIR = ".state"
 WORK_DIR = ".work"
 ERRORS_DIR = ".errors"
@@ -105,6 +107,17 @@ class ConverterConfig:
 
     def check(self) -> None:
         """Validate values; fills ``notices`` with what the user should hear once."""
+        for name in ("storage_path", "telemetry_schema", "codec"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, not {getattr(self, name)!r}")
+        for name in ("histogram_cache", "histogram_server", "upload_path", "errors_path",
+                     "heka_server"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string or null, not {getattr(self, name)!r}")
+        if type(self.dedup) is not bool:
+            raise ConfigError(f"dedup must be true or false, not {self.dedup!r}")
+        if type(self.failure_ttl) not in (int, float) or not self.failure_ttl >= 0:
+            raise ConfigError(f"failure_ttl must be a number of seconds, not {self.failure_ttl!r}")
         if not self.storage_path:
             raise ConfigError("no output directory (storage_path / --output) given")
         if not self.telemetry_schema:
@@ -122,6 +135,11 @@ class ConverterConfig:
         if self.compression_preset is not None and type(self.compression_preset) is not int:
             raise ConfigError(f"compression_preset must be an integer, "
                               f"not {self.compression_preset!r}")
+        if self.compression_preset is not None:
+            low, high = COMPRESSION_LEVELS[CODEC_EXTENSIONS[self.codec]]
+            if not low <= self.compression_preset <= high:
+                raise ConfigError(f"compression_preset (--level) for {self.codec} must be "
+                                  f"{low}..{high}, not {self.compression_preset}")
         if self.heka_server is not None and HEKA_NOTICE not in self.notices:
             self.notices.append(HEKA_NOTICE)
         no_source = not self.histogram_cache and not self.histogram_server
@@ -160,6 +178,7 @@ class UnitResult:
     skipped_bytes: int = 0
     read_problems: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0
+    infrastructure: dict[str, int] = field(default_factory=dict)  # cause -> records rejected by it
 
 
 @dataclass
@@ -181,6 +200,9 @@ class ProcessSummary:
     read_problems: list[str] = field(default_factory=list)
     cpu_seconds: float = 0.0         # spent converting, summed over workers
     seconds: float = 0.0
+    # Rejections that are not the records' fault (a histogram server down, a
+    # directory that cannot be written): cause -> records.  A run with any is a failure.
+    infrastructure: Counter = field(default_factory=Counter)
 
     def add(self, r: UnitResult) -> None:
         self.files += 1
@@ -200,10 +222,17 @@ class ProcessSummary:
         self.skipped_bytes += r.skipped_bytes
         self.read_problems.extend(r.read_problems)
         self.cpu_seconds += r.cpu_seconds
+        self.infrastructure.update(r.infrastructure)
 
     @property
     def records_rejected(self) -> int:
         return sum(self.rejected.values())
+
+    def infrastructure_problems(self) -> list[str]:
+        """One line per cause of rejections that are not the records' fault, for stderr."""
+        return [f"{n} records rejected because the {cause}" if cause.startswith("histogram")
+                else f"{n} records rejected: {cause}"
+                for cause, n in self.infrastructure.most_common()]
 
     def lines(self) -> list[str]:
         """The human summary the CLI prints."""
@@ -264,9 +293,17 @@ def gather_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return unique
 
 
-def unit_id(path: Path) -> str:
-    """A raw file's identity: a hash of its content (a renamed or copied file is the same unit)."""
+def unit_id(path: Path, error_file: bool = False) -> str:
+    """A raw file's identity: a hash of its content (a renamed or copied file is the same unit).
+
+    An error file given to ``--retry-errors`` also hashes its name (which holds
+    the unit id of the run that wrote it): when every record of a raw file was
+    rejected, the error file is byte-identical to its source, and must not be
+    taken for that source's unit, already done.
+    """
     h = hashlib.blake2b(digest_size=16)
+    if error_file:
+        h.update(b"error file\0" + f"{path.parent.name}/{path.name}".encode() + b"\0")
     try:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 22):
@@ -370,6 +407,7 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None,
     errors = ErrorWriter(config.errors, unit.unit_id, unit.source)
     rejected: Counter = Counter()
     unknown: Counter = Counter()
+    infrastructure: Counter = Counter()
     paths: dict[tuple, str] = {}
     drop = unit.drop
     reader = RawLogReader(unit.source)
@@ -390,6 +428,8 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None,
             except RecordError as e:
                 rejected[e.reason] += 1
                 errors.add(rec, e.reason, e.message)
+                if e.infrastructure:
+                    infrastructure[e.infrastructure] += 1
                 continue
             except Exception as e:  # a converter bug must not lose the record
                 rejected["conversion_error"] += 1
@@ -404,6 +444,8 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None,
             except UnwritablePartition as e:
                 rejected["write_failed"] += 1
                 errors.add(rec, "write_failed", str(e))
+                cause = getattr(e.__cause__, "strerror", None) or str(e)
+                infrastructure[f"layout directories cannot be created ({cause})"] += 1
                 continue
             records_out += 1
             if conv.unknown_histograms:
@@ -416,6 +458,7 @@ def convert_unit(unit: Unit, config: ConverterConfig | None = None,
     result.bytes_in = reader.stats.bytes + reader.stats.skipped_bytes
     result.records_in, result.records_out, result.duplicates = records_in, records_out, duplicates
     result.rejected, result.unknown_histograms = dict(rejected), dict(unknown)
+    result.infrastructure = dict(infrastructure)
     result.skipped_bytes = reader.stats.skipped_bytes
     result.read_problems = reader.stats.errors[:20]
     result.published = [p.target for p in writer.pending]
@@ -499,7 +542,7 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
         drops, _ = dedup_drops(sources) if config.dedup else ({}, 0)
         units, seen = [], set()
         for p in sources:
-            unit = Unit(str(p), unit_id(p), drops.get(str(p), frozenset()))
+            unit = Unit(str(p), unit_id(p, str(p) in retried), drops.get(str(p), frozenset()))
             if unit.unit_id in seen:  # the same content twice in one run: convert it once
                 summary.add(UnitResult(unit.source, unit.unit_id, status="skipped"))
                 continue

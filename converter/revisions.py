@@ -28,7 +28,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 HISTOGRAMS_FILE = "Histograms.json"
 RAW_FILE_SUFFIX = "toolkit/components/telemetry/Histograms.json"
 MAX_DOWNLOAD = 64 * 1024 * 1024
+MAX_REDIRECTS = 3
 MAX_FAILURES = 10_000       # remembered failed revisions per cache
 
 _REVISION_URL = re.compile(r"^https?://[^/?#]+/(?P<repo>[^?#]+?)/rev/(?P<rev>[0-9a-fA-F]{6,40})/?$")
@@ -55,16 +56,20 @@ class RevisionError(Exception):
     ``missing_revision_repo``: the URL does not name a repository and revision.
     ``missing_revision``: the revision could not be found or fetched, or what
     was fetched is not a usable Histograms.json (the message says which).
+    ``unavailable`` is set when the histogram server could not be asked at all
+    (unreachable, timing out, answering 5xx): then the fault is the
+    infrastructure's, not the record's, and it says what happened.
     """
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, unavailable: str | None = None):
         super().__init__(message)
         self.reason = reason
+        self.unavailable = unavailable
 
 
 def _check_repo(repo: str) -> str:
     parts = repo.split("/")
-    if not all(_REPO_PART.match(p) for p in parts):
+    if not all(_REPO_PART.fullmatch(p) for p in parts):
         raise RevisionError(MISSING_REVISION_REPO, f"not a repository name: {repo!r}")
     return repo
 
@@ -89,7 +94,7 @@ def parse_revision_url(url: str) -> tuple[str, str]:
 def revision_path(directory: str | os.PathLike, repo: str, rev: str) -> Path:
     """Where a revision's Histograms.json lives in a cache or server directory."""
     _check_repo(repo)
-    if not _REV.match(rev):
+    if not _REV.fullmatch(rev):
         raise RevisionError(MISSING_REVISION_REPO, f"not a revision: {rev!r}")
     return Path(directory, *repo.split("/"), rev, HISTOGRAMS_FILE)
 
@@ -222,7 +227,8 @@ class RevisionCache:
             if failure is not None:
                 if self.clock() < failure[0]:
                     self.stats["remembered_failure"] += 1
-                    raise RevisionError(failure[1].reason, f"{failure[1]} (remembered)")
+                    raise RevisionError(failure[1].reason, f"{failure[1]} (remembered)",
+                                        failure[1].unavailable)
                 del self._failures[key]
         return None
 
@@ -296,23 +302,64 @@ class RevisionCache:
         if self._session is None:
             self._session = requests.Session()
         problem = ""
+        unavailable = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with self._session.get(url, timeout=(self.connect_timeout, self.read_timeout),
-                                       stream=True) as response:
+                with self._get(url) as response:
                     status = response.status_code
                     if status == HTTPStatus.OK:
                         return _read_limited(response, url)
                     problem = f"HTTP {status}"
                     if status < 500 and status != HTTPStatus.TOO_MANY_REQUESTS:
+                        unavailable = None
                         break  # 404 and friends: asking again will not help
+                    unavailable = f"histogram server {self.server} answers {problem}"
+            except OffBase as e:
+                problem = str(e)
+                unavailable = f"histogram server {self.server} redirects elsewhere"
+                break
             except requests.RequestException as e:
                 problem = f"{type(e).__name__}: {e}"
+                unavailable = f"histogram server {self.server} unreachable: {_short_problem(e)}"
             log.info("fetching %s failed (attempt %d): %s", url, attempt + 1, problem)
         raise RevisionError(MISSING_REVISION,
-                            f"revision {repo}/{rev} not available from {url}: {problem}")
+                            f"revision {repo}/{rev} not available from {url}: {problem}",
+                            unavailable)
+
+    def _get(self, url: str) -> requests.Response:
+        """GET ``url``, following redirects only while they stay under the configured server.
+
+        The URL comes from a ping (its repository and revision), so a server
+        that redirects (or is made to redirect) elsewhere, to an internal
+        address for instance, must not make the converter fetch from there.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._session.get(url, timeout=(self.connect_timeout, self.read_timeout),
+                                         stream=True, allow_redirects=False)
+            if not response.is_redirect:
+                return response
+            target = urljoin(url, response.headers.get("Location", ""))
+            response.close()
+            if not target.startswith(self.server + "/"):
+                raise OffBase(f"{url} redirects to {target[:200]}, outside {self.server}")
+            url = target
+        raise OffBase(f"{url}: more than {MAX_REDIRECTS} redirects")
+
+
+def _short_problem(e: requests.RequestException) -> str:
+    """The cause of a failed request in a few words ("Connection refused", "timed out")."""
+    if isinstance(e, requests.Timeout):
+        return "timed out"
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(e))
+    if found:
+        return found.group(1).strip()
+    return type(e).__name__
+
+
+class OffBase(Exception):
+    """A redirect away from the configured histogram server, which is never followed."""
 
 
 def _read_limited(response: requests.Response, url: str) -> bytes:

@@ -56,19 +56,57 @@ def is_allowed(value: str, allowed: Any) -> bool:
     raise SchemaError(f"allowed_values must be '*', a string, a list or {{min, max}}, not {allowed!r}")
 
 
+def check_allowed(allowed: Any, where: str) -> None:
+    """Raise :class:`SchemaError` unless ``allowed`` has one of the SPEC's shapes.
+
+    Anything else is refused rather than read loosely: an operator document
+    such as ``{"$ne": "x"}`` would otherwise allow every value, and a list of
+    numbers would allow none.
+    """
+    shape = "'*', a string, a list of strings or {\"min\": x, \"max\": y}"
+    if isinstance(allowed, str):
+        return
+    if isinstance(allowed, list):
+        bad = [v for v in allowed if not isinstance(v, str)]
+        if bad:
+            raise SchemaError(f"{where}: allowed_values must be {shape}; "
+                              f"{bad[0]!r} in the list is not a string")
+        return
+    if isinstance(allowed, dict):
+        extra = sorted(set(allowed) - {"min", "max"})
+        if extra or not allowed:
+            raise SchemaError(f"{where}: allowed_values must be {shape}, not {allowed!r}"
+                              + (f" ({', '.join(extra)} is not min or max)" if extra else ""))
+        for key, bound in allowed.items():
+            if bound is not None and (isinstance(bound, bool)
+                                      or not isinstance(bound, (str, int, float))):
+                raise SchemaError(f"{where}: allowed_values {key} must be a string or a number, "
+                                  f"not {bound!r}")
+        return
+    raise SchemaError(f"{where}: allowed_values must be {shape}, not {allowed!r}")
+
+
 class Schema:
     """A parsed schema (or filter): ordered dimensions with their allowed values."""
 
     def __init__(self, spec: Mapping[str, Any]):
         if not isinstance(spec, Mapping) or not isinstance(spec.get("dimensions"), list):
             raise SchemaError("a schema needs a 'dimensions' list")
-        self.version = int(spec.get("version", 1))
+        version = spec.get("version", 1)
+        if type(version) is not int and not (isinstance(version, str) and version.isdigit()):
+            raise SchemaError(f"a schema's version must be a number, not {version!r}")
+        self.version = int(version)
         dims = []
         for i, d in enumerate(spec["dimensions"]):
             if not isinstance(d, Mapping) or not isinstance(d.get("field_name"), str):
                 raise SchemaError(f"dimension {i} needs a 'field_name'")
+            name = d["field_name"]
+            # A name becomes a MongoDB field path (meta.NAME): no operator, no sub-path.
+            if not name or name.startswith("$") or "." in name or "\0" in name:
+                raise SchemaError(f"dimension {i}: field_name {name!r} must not be empty, "
+                                  "start with '$' or hold '.'")
             allowed = d.get("allowed_values", "*")
-            is_allowed("", allowed)  # raises SchemaError on a bad shape
+            check_allowed(allowed, f"dimension {d['field_name']!r}")
             dims.append(Dimension(d["field_name"], allowed))
         if not dims:
             raise SchemaError("a schema needs at least one dimension")

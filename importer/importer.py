@@ -6,9 +6,11 @@ acknowledged (``w=1`` unless told otherwise), in unordered batches; a
 duplicate ``_id`` is counted, never fatal; a corrupt file is reported by name
 and the rest goes on.  An ``imports`` collection next to the data records
 each file as it starts and when it is finished (path, size, mtime, content
-hash, record count): a rerun skips finished files, and a file that was
-interrupted mid-way is imported again with replacing writes, so each record
-ends up there exactly once.
+hash, record count, and the identity of the collection it went into): a
+rerun skips finished files, and a file that was interrupted mid-way is
+imported again with replacing writes, so each record ends up there exactly
+once.  A file finished into another incarnation of the collection (it was
+dropped or renamed away since) is not in it any more, and is imported again.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Any, Iterable, Protocol
 
 import pymongo
+from bson import Binary
 from pymongo import ReplaceOne, UpdateOne, WriteConcern
-from pymongo.errors import BulkWriteError, DocumentTooLarge, PyMongoError
+from pymongo.errors import BulkWriteError, CollectionInvalid, DocumentTooLarge, PyMongoError
 
 import converter
 from converter.layout import (
@@ -39,7 +42,7 @@ from converter.layout import (
 )
 from converter.schema import SUBMISSION_DATE, Schema
 from importer.document import META, SOURCE, DocumentError, make_document
-from importer.errors import DatasetError, ImporterError
+from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.mongo import connect, is_local
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
@@ -70,6 +73,8 @@ class ImportOptions:
     chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
     timeout_ms: int = 5000
+    # Called per chunk of files (``hook.open(db, names)``): aggregations.importing.AggregatesHook.
+    hook: Any = None
 
     def dimension_names(self) -> list[str]:
         return (self.schema or Schema.load(DEFAULT_SCHEMA)).names
@@ -85,6 +90,7 @@ class FileResult:
     bad_records: int = 0
     skipped: bool = False  # finished by an earlier run
     resumed: bool = False  # an earlier run was interrupted in it
+    stale: bool = False  # finished by an earlier run into a collection since dropped
     error: str | None = None
 
 
@@ -97,6 +103,7 @@ class ChunkResult:
     duplicates: int = 0
     rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
+    hook_stats: dict[str, int] = field(default_factory=dict)  # what the file hook reports
 
     @property
     def records(self) -> int:
@@ -111,6 +118,7 @@ class ChunkResult:
 class ImportSummary:
     files: int = 0
     files_skipped: int = 0
+    files_stale: int = 0
     records: int = 0
     inserted: int = 0
     duplicates: int = 0
@@ -119,6 +127,7 @@ class ImportSummary:
     seconds: float = 0.0
     failed: list[tuple[str, str]] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)
+    hook_stats: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -128,6 +137,7 @@ class ImportSummary:
         for f in chunk.files:
             self.files += 1
             self.files_skipped += f.skipped
+            self.files_stale += f.stale
             self.records += f.records
             self.bad_records += f.bad_records
             if f.error:
@@ -137,15 +147,23 @@ class ImportSummary:
         self.duplicates += chunk.duplicates
         self.bad_records += chunk.rejected
         self.examples.extend(chunk.examples[: max(0, 10 - len(self.examples))])
+        for key, n in chunk.hook_stats.items():
+            self.hook_stats[key] = self.hook_stats.get(key, 0) + n
 
     def describe(self) -> str:
         rate = self.records / self.seconds if self.seconds else 0.0
+        stale = (
+            f", {self.files_stale} imported again: the collection was dropped since"
+            if self.files_stale
+            else ""
+        )
         return (
-            f"{self.files} files ({self.files_skipped} already imported), {self.records} records, "
+            f"{self.files} files ({self.files_skipped} already imported{stale}), "
+            f"{self.records} records, "
             f"{self.inserted} inserted, {self.duplicates} duplicates, "
             f"{self.bad_records} bad records, "
             f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)"
-        )
+        ) + "".join(f", {n} {key.replace('_', ' ')}" for key, n in sorted(self.hook_stats.items()))
 
 
 class Progress(Protocol):
@@ -182,6 +200,7 @@ def import_dataset(
     summary = ImportSummary()
     client = connect(url, options.timeout_ms)
     try:
+        check_write_concern(client, options.write_concern)
         db = client[options.database]
         if options.drop:
             db.drop_collection(options.collection)
@@ -224,6 +243,40 @@ def import_dataset(
         client.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def parse_write_concern(value: str | int) -> int | str:
+    """``w`` from the command line: a number of members >= 0, or ``majority``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if value == "majority":
+        return value
+    raise ImporterError(f"write concern must be a number of members (0, 1, 2, ...) or "
+                        f"'majority', not {value!r}")
+
+
+def check_write_concern(client: pymongo.MongoClient, w: int | str) -> None:
+    """Refuse a ``w`` the server can never satisfy, before anything is written.
+
+    A standalone server (the embedded one among them) has one member; a
+    replica set as many as it lists.  Asking for more stores every document
+    and then fails every write.
+    """
+    w = parse_write_concern(w)
+    if not isinstance(w, int) or w <= 1:
+        return
+    hello = client.admin.command("hello")
+    if hello.get("msg") == "isdbgrid":
+        return  # mongos: the shards' replica sets decide
+    members = len(hello.get("hosts", [])) + len(hello.get("passives", []))
+    if not hello.get("setName"):
+        raise ImporterError(f"write concern {w} needs a replica set of {w} members; the server is "
+                            f"a standalone (use 1 or majority)")
+    if w > members:
+        raise ImporterError(f"write concern {w} needs {w} members; the replica set "
+                            f"{hello['setName']} has {members}")
 
 
 def default_workers(url: str) -> int:
@@ -288,6 +341,7 @@ def import_files(
     imports = db[options.imports_collection]
     keys = {lf.relpath: f"{options.collection}:{lf.relpath}" for lf in files}
     try:
+        identity = collection_identity(db, options.collection)
         entries = {e["_id"]: e for e in imports.find({"_id": {"$in": list(keys.values())}})}
         todo: list[tuple[LayoutFile, FileResult]] = []
         marks = []
@@ -296,6 +350,8 @@ def import_files(
             chunk.files.append(result)
             entry = entries.get(keys[lf.relpath])
             finished = entry is not None and entry.get("state") == "done"
+            if finished and entry.get("collection_uuid") != identity:
+                finished, result.stale = False, True  # its records went with a dropped collection
             try:
                 stat = lf.path.stat()
                 # Same size and mtime: finished, without reading it again; else the hash decides.
@@ -323,15 +379,17 @@ def import_files(
                     "size": stat.st_size,
                     "mtime": stat.st_mtime,
                     "sha256": digest,
+                    "collection_uuid": identity,
                     "state": "started",
                     "started_at": _now(),
                 }
             )
         _mark_started(imports, marks, {r.relpath for _, r in todo if r.resumed}, todo)
+        hook = options.hook.open(db, names) if options.hook is not None else None
         writer = _Writer(db, options, chunk)
         try:
             for lf, result in todo:
-                _read_file(lf, names, options, result, writer)
+                _read_file(lf, names, options, result, writer, hook)
             writer.flush_all()
         finally:
             writer.close()
@@ -352,6 +410,8 @@ def import_files(
         ]
         if done:
             imports.bulk_write(done, ordered=False)
+        if hook is not None:
+            chunk.hook_stats = hook.finish(zip(files, chunk.files))
     except (PyMongoError, ImporterError) as e:
         message = f"{type(e).__name__}: {e}"
         for r in chunk.files:
@@ -394,6 +454,29 @@ def _mark_started(
         )
 
 
+def collection_identity(db: pymongo.database.Database, name: str) -> str | None:
+    """The collection's UUID (created now if it does not exist), kept with each finished file.
+
+    MongoDB gives a collection a new UUID whenever it is created again, so a
+    finished file whose recorded UUID is not the collection's was imported
+    into a collection that has since been dropped: its records are gone.
+    None when the server does not report UUIDs (then the bookkeeping alone
+    is trusted, as before).
+    """
+    for attempt in range(2):
+        for info in db.list_collections(filter={"name": name}):
+            uuid = (info.get("info") or {}).get("uuid")
+            if uuid is None:
+                return None
+            return str(uuid.as_uuid() if isinstance(uuid, Binary) else uuid)
+        if attempt == 0:
+            try:
+                db.create_collection(name)
+            except CollectionInvalid:  # created meanwhile by another worker
+                pass
+    return None
+
+
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -403,7 +486,12 @@ def file_digest(path: Path) -> str:
 
 
 def _read_file(
-    lf: LayoutFile, names: list[str], options: ImportOptions, result: FileResult, writer: "_Writer"
+    lf: LayoutFile,
+    names: list[str],
+    options: ImportOptions,
+    result: FileResult,
+    writer: "_Writer",
+    hook: Any = None,
 ) -> None:
     kind = (
         "resume"
@@ -421,10 +509,14 @@ def _read_file(
                 result.bad_records += 1
                 writer.example(str(e))
                 continue
+            if hook is not None:
+                hook.record(lf, doc)
             writer.add(kind, doc, len(json_text))
     except LayoutError as e:
         result.error = str(e)
-    result.records = stats.records
+    # Every line read is a record, well-formed or not, so that records = inserted +
+    # duplicates + bad records.
+    result.records = stats.records + stats.bad_lines
     result.bad_records += stats.bad_lines
     for example in stats.bad_examples:
         writer.example(f"bad line {example}")
@@ -438,12 +530,14 @@ class _Written:
     duplicates: int = 0
     rejected: int = 0
     examples: list[str] = field(default_factory=list)
+    error: str | None = None  # written, but the write concern was not satisfied
 
     def add(self, other: "_Written") -> "_Written":
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.rejected += other.rejected
         self.examples += other.examples
+        self.error = self.error or other.error
         return self
 
 
@@ -501,6 +595,10 @@ class _Writer:
         self.chunk.rejected += written.rejected
         for text in written.examples:
             self.example(text)
+        if written.error:
+            # The documents are stored (and counted), but not as durably as asked: the
+            # files stay unfinished, and a rerun writes them again with replacing upserts.
+            raise ImporterError(written.error)
 
     def example(self, text: str) -> None:
         if len(self.chunk.examples) < 5:
@@ -535,9 +633,8 @@ class _Writer:
                 f"record {w.get('op', {}).get('_id', '?')}: {w.get('errmsg')}" for w in other[:3]
             ]
             if details.get("writeConcernErrors"):
-                raise ImporterError(
-                    f"write concern not satisfied: {details['writeConcernErrors'][0]}"
-                ) from None
+                first = details["writeConcernErrors"][0]
+                out.error = f"write concern not satisfied: {first.get('errmsg', first)}"
         except DocumentTooLarge:
             if len(docs) == 1:
                 return _Written(
@@ -556,16 +653,27 @@ def _now() -> datetime:
 
 
 _worker_db_client: pymongo.MongoClient | None = None
+_worker_error: MongoUnavailable | None = None
 
 
 def _init_worker(url: str, timeout_ms: int) -> None:
-    """Each worker process opens its own client once (clients do not survive a fork or pickling)."""
-    global _worker_db_client
-    _worker_db_client = connect(url, timeout_ms)
+    """Each worker process opens its own client once (clients do not survive a fork or pickling).
+
+    A server that cannot be reached is remembered and raised by the first
+    task: raised here, it would break the pool, and the user would read that
+    a worker died instead of which server is down.
+    """
+    global _worker_db_client, _worker_error
+    try:
+        _worker_db_client = connect(url, timeout_ms)
+    except MongoUnavailable as e:
+        _worker_error = e
 
 
 def _import_in_worker(
     files: list[LayoutFile], names: list[str], options: ImportOptions
 ) -> ChunkResult:
+    if _worker_error is not None:
+        raise _worker_error
     assert _worker_db_client is not None
     return import_files(_worker_db_client[options.database], files, names, options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -128,9 +129,10 @@ def start_embedded(
     started it (``telemetry mongo start``); tests keep it attached.  The port
     is chosen just before the start, so a lost race is retried on another one.
     """
-    data_dir = Path(data_dir)
+    data_dir = Path(data_dir).absolute()  # the server runs in it: a relative path would nest
     data_dir.mkdir(parents=True, exist_ok=True)
-    storage = storage_path or str(data_dir / "db")
+    storage = str(data_dir / "db") if not storage_path else (
+        storage_path if storage_path == MEMORY else str(Path(storage_path).absolute()))
     exe = server_executable()
     last_error = ""
     for _ in range(3):
@@ -181,30 +183,76 @@ def start_embedded(
     )
 
 
-def embedded_status(data_dir: str | os.PathLike) -> EmbeddedServer | None:
+def embedded_status(
+    data_dir: str | os.PathLike, notify: Callable[[str], None] | None = None
+) -> EmbeddedServer | None:
     """The embedded server of ``data_dir`` if it is alive and answers; clears a stale pid file."""
-    pid_file = Path(data_dir) / PID_FILE
+    server = _our_server(Path(data_dir), notify)
+    if server is not None and ping(server.url, 3000):
+        return server
+    return None
+
+
+def _our_server(data_dir: Path, notify: Callable[[str], None] | None = None) -> EmbeddedServer | None:
+    """The server the pid file names, if that process is alive and is our server.
+
+    A pid file outlives its server (a reboot, a kill -9), and its pid may since
+    belong to an unrelated process: such a file is removed (and ``notify``
+    told), so nothing is ever signalled through it.
+    """
+    pid_file = data_dir / PID_FILE
     server = _read_pid_file(pid_file)
     if server is None:
         return None
-    if _alive(server.pid) and ping(server.url, 3000):
-        return server
     if not _alive(server.pid):
-        with contextlib.suppress(FileNotFoundError):
-            pid_file.unlink()
+        reason = f"process {server.pid} is gone"
+    else:
+        command = _command_line(server.pid)
+        if command is None or _is_server_command(command, server.port):
+            return server  # ours (or a system that does not show command lines)
+        reason = f"process {server.pid} is not the embedded server (it runs {' '.join(command)[:80]!r})"
+    with contextlib.suppress(FileNotFoundError):
+        pid_file.unlink()
+    if notify is not None:
+        notify(f"removed the stale pid file {pid_file}: {reason}")
     return None
+
+
+def _command_line(pid: int) -> list[str] | None:
+    """A process's arguments (from /proc, else ``ps``); None when they cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    except FileNotFoundError:
+        if Path("/proc/self/cmdline").exists():
+            return []  # Linux, and the process is gone
+    except OSError:
+        return None
+    try:
+        out = subprocess.run(["ps", "-o", "args=", "-p", str(pid)], capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.split() if out.returncode == 0 else []
+
+
+def _is_server_command(command: list[str], port: int) -> bool:
+    """Whether a command line is ``secantusd-py ... --port PORT`` as :func:`start_embedded` runs it."""
+    named = any(Path(arg).name.startswith("secantusd") for arg in command[:3])
+    ports = [command[i + 1] for i, arg in enumerate(command[:-1]) if arg == "--port"]
+    return named and ports == [str(port)]
 
 
 def ensure_embedded(config: MongoConfig) -> tuple[EmbeddedServer, bool]:
     """The embedded server of ``config.data_dir``, started if not running: ``(server, started)``."""
-    data_dir = Path(config.data_dir)
+    data_dir = Path(config.data_dir).absolute()
     data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(data_dir / LOCK_FILE):
         server = embedded_status(data_dir)
         if server is not None:
             return server, False
-        stale = _read_pid_file(data_dir / PID_FILE)
-        if stale is not None:  # alive but not answering: not ours to reuse
+        stale = _our_server(data_dir)
+        if stale is not None:  # ours and alive but not answering: not ours to reuse
             raise EmbeddedServerError(
                 f"process {stale.pid} holds {data_dir} but does not answer on "
                 f"port {stale.port}; run `telemetry mongo stop`"
@@ -222,15 +270,18 @@ def ensure_embedded(config: MongoConfig) -> tuple[EmbeddedServer, bool]:
         )
 
 
-def stop_embedded(data_dir: str | os.PathLike, timeout: float = 15.0) -> EmbeddedServer | None:
-    """Stop the embedded server of ``data_dir``: the server that was stopped, or None."""
-    data_dir = Path(data_dir)
-    server = _read_pid_file(data_dir / PID_FILE)
+def stop_embedded(
+    data_dir: str | os.PathLike,
+    timeout: float = 15.0,
+    notify: Callable[[str], None] | None = None,
+) -> EmbeddedServer | None:
+    """Stop the embedded server of ``data_dir``: the server that was stopped, or None.
+
+    Only a process that is our server (its command line names secantusd and
+    the pid file's port) is signalled; a stale pid file is removed instead.
+    """
+    server = _our_server(Path(data_dir), notify)
     if server is None:
-        return None
-    if not _alive(server.pid):
-        with contextlib.suppress(FileNotFoundError):
-            (data_dir / PID_FILE).unlink()
         return None
     server.stop(timeout)
     return server
@@ -304,14 +355,23 @@ def _valid(url: str) -> bool:
     return True
 
 
+# credentials: the longest prefix ending in an '@' that is followed by hosts (no '@', no '/')
+_CREDENTIALS = re.compile(r"(?P<creds>[^?]*)@[^@/?]*(?:[/?]|$)", re.S)
+
+
 def redact(url: str) -> str:
-    """The URI without its password, for messages."""
+    """The URI without its password, for messages.
+
+    Everything up to the last ``@`` before the hosts counts as credentials, so
+    a password holding an unescaped ``/`` or ``@`` (a URI pymongo refuses,
+    and then quotes) is hidden too.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    m = _CREDENTIALS.match(rest) if sep else None
+    if m is None:
         return url
-    creds, _, hosts = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hosts}"
+    user = m.group("creds").split(":", 1)[0].split("/", 1)[0]
+    return f"{scheme}://{user}:***@{rest[m.end('creds') + 1:]}"
 
 
 def _write_pid_file(path: Path, server: EmbeddedServer) -> None:

@@ -115,6 +115,38 @@ def _check(config: JobConfig) -> None:
         raise ConfigError(f"input filter {config.input_filter} is not a file")
     if config.reduce_memory_mb <= 0:
         raise ConfigError("the reducer memory budget must be positive")
+    if config.bucket and not config.local_only or config.endpoint_url:
+        from converter.export import s3_location_problem
+
+        problem = s3_location_problem(config.bucket or None, config.endpoint_url)
+        if problem:
+            raise ConfigError(problem)
+    # The job writes its output and work dir, never directories above them it was not given.
+    output_parent = Path(config.output).absolute().parent
+    if not output_parent.is_dir():
+        raise ConfigError(f"output {config.output}: directory {output_parent} does not exist")
+    if Path(config.output).is_dir():
+        raise ConfigError(f"output {config.output} is a directory, not a file")
+    work_parent = Path(config.work_dir).absolute().parent
+    if not Path(config.work_dir).is_dir() and not work_parent.is_dir():
+        raise ConfigError(f"work dir {config.work_dir}: directory {work_parent} does not exist")
+
+
+def _warn_about_filter_levels(filter: Schema, log) -> None:
+    """A filter applies by position; say so when its names are not the packaged schema's.
+
+    Only a warning: a dataset may be laid out by another schema, which the job
+    does not know.
+    """
+    import converter
+
+    names = Schema.load(Path(converter.__file__).parent / "telemetry_schema.json").names
+    for i, name in enumerate(filter.names):
+        if i >= len(names) or name != names[i]:
+            log(f"warning: input filter dimension {i + 1} is {name!r}, but the packaged "
+                f"schema's is {names[i] if i < len(names) else None!r}; filters apply by "
+                f"position ({', '.join(names)})")
+            return
 
 
 def assign_files(files: Sequence[InputFile], mappers: int) -> list[list[InputFile]]:
@@ -170,18 +202,18 @@ def run_job(config: JobConfig, log=None) -> JobResult:
         filter = Schema.load(config.input_filter) if config.input_filter is not None else None
     except SchemaError as e:
         raise ConfigError(f"input filter: {e}") from None
+    if filter is not None:
+        _warn_about_filter_levels(filter, log)
     script = ScriptSource.read(config.job_script)
     load_script(script)  # a script that does not load fails here, before any process starts
     work_dir = Path(config.work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(exist_ok=True)
     _clear_intermediate(work_dir)
 
     inputs = find_inputs(config, filter, result, log)
     result.files = len(inputs)
     result.bytes = sum(f.size for f in inputs)
     output = Path(config.output)
-    if output.parent != Path(""):
-        output.parent.mkdir(parents=True, exist_ok=True)
     if not inputs:
         log("the filter matched no input files: the output is empty")
         output.write_bytes(b"")

@@ -16,7 +16,7 @@ import orjson
 
 from receiver.config import DURABILITY_MODES, EVENT_LOOPS, HTTP_SERVERS, ReceiverConfig
 from receiver.errors import ConfigError, ReceiverError
-from receiver.rawlog import RawLogError, RawLogReader, ReadStats
+from receiver.rawlog import MAX_INFLATED, DataTooLarge, RawLogError, RawLogReader, ReadStats
 from receiver.replay import replay
 
 
@@ -87,20 +87,30 @@ def rawlog_group() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--raw", is_flag=True, help="Do not gunzip bodies before showing them.")
 @click.option("--no-data", is_flag=True, help="Leave the body out of the output.")
-def cat_command(files: tuple[str, ...], raw: bool, no_data: bool) -> None:
+@click.option("--max-uncompressed", type=click.IntRange(1), default=MAX_INFLATED, show_default=True,
+              help="Largest inflated body shown, in bytes (as the converter's max_uncompressed); "
+                   "a larger one is left out, with data_error saying so.")
+def cat_command(files: tuple[str, ...], raw: bool, no_data: bool, max_uncompressed: int) -> None:
     """Print each record as a JSON line (path, timestamp, ip, data length, data as text)."""
     out = sys.stdout.buffer
+    too_large = 0
     for name in files:
         reader = RawLogReader(name)
         try:
             for rec in reader:
-                summary = record_summary(rec, name, raw=raw, with_data=not no_data)
+                summary = record_summary(rec, name, raw=raw, with_data=not no_data,
+                                         max_size=max_uncompressed)
+                too_large += summary.get("data_too_large", False)
+                summary.pop("data_too_large", None)
                 out.write(orjson.dumps(summary) + b"\n")
         except OSError as e:
             raise click.ClickException(f"cannot read {name}: {e.strerror or e}") from None
         for line in reader.stats.errors:
             click.echo(f"warning: {line}", err=True)
     out.flush()
+    if too_large:
+        click.echo(f"warning: {too_large} bodies inflate past {max_uncompressed} bytes and were "
+                   f"left out (--max-uncompressed; --raw shows them compressed)", err=True)
 
 
 @rawlog_group.command("stats")
@@ -140,8 +150,13 @@ def file_stats(path: str | Path) -> ReadStats:
 
 
 def record_summary(rec, file: str | None = None, *, raw: bool = False,
-                   with_data: bool = True) -> dict:
-    """A JSON-ready view of one record, as ``rawlog cat`` prints it."""
+                   with_data: bool = True, max_size: int = MAX_INFLATED) -> dict:
+    """A JSON-ready view of one record, as ``rawlog cat`` prints it.
+
+    A body inflating past ``max_size`` is not inflated further (a decompression
+    bomb must not take the memory): ``data`` is None, ``data_error`` says why,
+    and ``data_too_large`` is set for the caller to count.
+    """
     out = {"path": rec.path, "timestamp": rec.timestamp, "ip": rec.ip, "data_length": len(rec.data)}
     if file is not None:
         out = {"file": str(file), "offset": rec.offset, **out}
@@ -149,7 +164,11 @@ def record_summary(rec, file: str | None = None, *, raw: bool = False,
         data, problem = rec.data, None
         if not raw:
             try:
-                data = rec.inflate()
+                data = rec.inflate(max_size)
+            except DataTooLarge as e:
+                out["data"], out["data_too_large"] = None, True
+                out["data_error"] = f"{e}: left out"
+                return out
             except RawLogError as e:
                 problem = str(e)
         try:

@@ -36,6 +36,9 @@ HEADER_SIZE = {1: _V1.size, 2: _V2.size}
 MAX_PATH_LEN = 0xFFFF
 MAX_IP_LEN = 0xFF
 MAX_DATA_LEN = 0xFFFFFFFF
+# The largest body any reader inflates unless told otherwise (the converter's
+# max_uncompressed default): a small gzip body can inflate to gigabytes.
+MAX_INFLATED = 1_048_576
 UNKNOWN_IP = "0.0.0.0"
 
 # Used only to judge a candidate record while resynchronising after corruption:
@@ -67,8 +70,8 @@ class Record:
     offset: int = 0
     end: int = 0
 
-    def inflate(self, max_size: int | None = None) -> bytes:
-        """The body, gunzipped when it starts with the gzip magic bytes."""
+    def inflate(self, max_size: int | None = MAX_INFLATED) -> bytes:
+        """The body, gunzipped when it starts with the gzip magic bytes (at most ``max_size``)."""
         return inflate(self.data, max_size)
 
 
@@ -121,8 +124,12 @@ def version_from_name(name: str | os.PathLike) -> int | None:
     return int(found[-1]) if found else None
 
 
-def inflate(data: bytes, max_size: int | None = None) -> bytes:
-    """Gunzip ``data`` if it starts with 1f 8b, stopping as soon as ``max_size`` is passed."""
+def inflate(data: bytes, max_size: int | None = MAX_INFLATED) -> bytes:
+    """Gunzip ``data`` if it starts with 1f 8b, stopping as soon as ``max_size`` is passed.
+
+    The limit is on by default so that no reader can be made to inflate a
+    decompression bomb; ``None`` lifts it (only for bodies already trusted).
+    """
     if not data.startswith(GZIP_MAGIC):
         return data
     d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)

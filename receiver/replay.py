@@ -240,6 +240,25 @@ class ReplayState:
     def set(self, source: Path, offset: int, done: set[int] | None = None) -> None:
         self.files[str(source)] = {"offset": offset, "done": sorted(done or ())}
 
+    def check_writable(self) -> None:
+        """Fail now, before anything is sent, if the state could not be saved.
+
+        Otherwise the replay would deliver a batch, fail at its first save,
+        and a rerun would send it all again.  The file itself appears at the
+        first save, as before.
+        """
+        if self.path is None:
+            return
+        if self.path.is_dir():
+            raise ReplayError(f"cannot write state file {self.path}: it is a directory")
+        probe = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"{}")
+            probe.unlink()
+        except OSError as e:
+            raise ReplayError(f"cannot write state file {self.path}: {e}") from None
+
     def save(self) -> None:
         """Write atomically: a crash leaves the old state or the new one, never half of one."""
         if self.path is None:
@@ -410,6 +429,15 @@ class HttpClient:
         self.idle.clear()
 
 
+def shown(url: str) -> str:
+    """``url`` as messages print it: a password in it becomes ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}").geturl()
+
+
 def _basic_auth(proxy) -> str:
     user = unquote(proxy.username or "")
     password = unquote(proxy.password or "")
@@ -495,10 +523,10 @@ class Sender:
             if 200 <= status < 300:
                 return Outcome(DELIVERED, attempt - 1)
             if 300 <= status < 500 and status not in RETRY_4XX:
-                return Outcome(REJECTED, attempt - 1, f"{method} {url}: {problem}")
+                return Outcome(REJECTED, attempt - 1, f"{method} {shown(url)}: {problem}")
             if attempt == config.attempts:
                 return Outcome(FAILED, attempt - 1,
-                               f"{method} {url}: {problem} after {attempt} attempts")
+                               f"{method} {shown(url)}: {problem} after {attempt} attempts")
             delay = min(config.max_backoff, config.backoff * 2 ** (attempt - 1))
             if await _pause(delay, self.stop):
                 return Outcome(INTERRUPTED, attempt - 1)
@@ -537,11 +565,15 @@ def replay_logs(config: ReplayConfig, stop: threading.Event | None = None) -> Re
     """
     stop = stop or threading.Event()
     state = ReplayState(config.state)
+    state.check_writable()
     summary = ReplaySummary()
     started = time.monotonic()
     bar = tqdm(unit="rec", desc="replay", disable=not config.progress, leave=False)
     try:
         asyncio.run(_replay(config, state, stop, summary, bar))
+    except ReplayError as e:
+        e.summary = summary  # what was done before the failure, for the caller to report
+        raise
     finally:
         bar.close()
         summary.seconds = time.monotonic() - started
@@ -752,6 +784,9 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
     try:
         summary = replay_logs(config, stop)
     except ReplayError as e:
+        done = getattr(e, "summary", None)
+        if done is not None:
+            click.echo(done.describe(), err=True)
         raise click.ClickException(str(e)) from None
     click.echo(summary.describe(), err=True)
     if summary.failed:

@@ -6,7 +6,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   for c in python3.13 python3.12 python3.11 python3; do
-    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then PY=$c; break; fi
+    # 2>/dev/null: a pyenv shim for a version that is not installed complains on stderr
+    if command -v "$c" >/dev/null && "$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then PY=$c; break; fi
   done
 fi
 [ -n "$PY" ] || { echo "error: Python 3.11 or newer is needed" >&2; exit 2; }

@@ -27,6 +27,10 @@ COMMANDS = {
     "compare": "aggregations.cli",
     "mapreduce": "mapreduce.cli",
     "demo": "telemetry.demo",
+    "aggregates": "aggregations.cli",
+    "dashboard": "dashboard.cli",
+    "simulate": "fleet.cli",
+    "pipeline": "pipeline.cli",
 }
 
 

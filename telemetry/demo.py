@@ -1,9 +1,9 @@
 """The main job end to end on embedded defaults: what ``./scripts/demo`` runs.
 
 It starts every part for real, on loopback, in one work directory: a
-histogram server holding the fixture's Histograms.json, the receiver (which
-gets the real Firefox ping from the fixture plus variations of it over HTTP),
-the converter, the embedded MongoDB-wire server with the importer, two
+histogram server holding the fleet's Histograms.json revisions, the receiver
+(which gets a few thousand pings of a simulated Firefox fleet over HTTP, with
+channel differences and a known GC_MS regression on nightly), the converter, the embedded MongoDB-wire server with the importer, two
 aggregations, and a replay of everything received into a second receiver.
 A newcomer sees each stage's output; a developer gets a smoke test of the
 whole pipeline.
@@ -15,19 +15,22 @@ import shutil
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import click
-import requests
 
 from aggregations.formats import format_rows
 from aggregations.pipelines import build_pipeline, run_pipeline
 from converter.layout import find_layout_files
 from converter.process import ConverterConfig, process
-from converter.revisions import parse_revision_url, serve_histograms, write_revision
-from converter.variations import base_record, variations
+from converter.revisions import serve_histograms
+from converter.schema import Schema
+from fleet.channels import write_revisions
+from fleet.population import Fleet
+from fleet.scenario import Scenario
+from fleet.sender import SendConfig, send
 from importer.importer import ImportOptions, import_dataset
 from importer.mongo import MongoConfig, connect, ensure_embedded
 from receiver.config import ReceiverConfig
@@ -35,9 +38,13 @@ from receiver.rawlog import RawLogReader, ReadStats, finished_files
 from receiver.replay import ReplayConfig, replay_logs
 from receiver.service import start_receiver
 
-FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures"
-FIXTURE_LOG = FIXTURES / "raw" / "telemetry1.v1.log"
-REVISION_URL = "http://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf302"
+DEMO_SEED = 1
+# More clients sending fewer pings each than the default fleet (so that even nightly has
+# enough clients for its mean to be steady), and fewer histograms a ping: the embedded
+# MongoDB-wire server is slow at scanning large documents.
+DEMO_SCENARIO = replace(Scenario(), pings_per_client_day=1.0, histograms_per_ping=40)
+# The demo's own mark on a work directory: only a directory holding it is emptied.
+MARKER = ".telemetry-demo"
 
 
 class DemoError(Exception):
@@ -50,6 +57,7 @@ class DemoResult:
 
     posted: int = 0
     accepted: int = 0
+    malformed: int = 0
     raw: ReadStats = field(default_factory=ReadStats)
     records_out: int = 0
     rejected: int = 0
@@ -57,6 +65,8 @@ class DemoResult:
     imported: int = 0
     os_rows: list[dict] = field(default_factory=list)
     histogram_rows: list[dict] = field(default_factory=list)
+    build_rows: list[dict] = field(default_factory=list)
+    regression_build: str | None = None
     replayed_same: bool | None = None
 
 
@@ -68,43 +78,59 @@ def raw_pairs(log_dir: Path) -> Counter:
     return pairs
 
 
-def run_demo(workdir: Path, records: int = 300, workers: int = 2, mongo_url: str | None = None,
+def prepare_workdir(workdir: Path) -> None:
+    """Empty a work directory of an earlier demo run, or make a new one.
+
+    The demo deletes only what it created: a directory that exists and is not
+    empty must carry the demo's marker file, else the demo refuses to touch it.
+    """
+    if workdir.exists() and not workdir.is_dir():
+        raise DemoError(f"--workdir {workdir} exists and is not a directory")
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file():
+            raise DemoError(f"--workdir {workdir} is not empty and was not made by the demo "
+                            f"(no {MARKER} file in it); give a new or empty directory")
+        for child in workdir.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("made by `telemetry demo`; the demo empties this directory when it runs again\n")
+
+
+def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: str | None = None,
              replay: bool = True, echo: Callable[[str], None] = print) -> DemoResult:
-    """Receive, convert, import and aggregate ``records`` submissions inside ``workdir``."""
-    if not FIXTURE_LOG.exists():
-        raise DemoError(f"the demo needs the repository's fixtures ({FIXTURE_LOG} is missing)")
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    """Receive, convert, import and aggregate ``records`` simulated submissions inside ``workdir``."""
+    prepare_workdir(workdir)
     result = DemoResult()
 
     def step(title: str) -> None:
         echo(f"\n== {title}")
 
-    # 1. A histogram server that knows the revision the fixture ping names.
-    repo, rev = parse_revision_url(REVISION_URL)
-    write_revision(workdir / "hg", repo, rev, (FIXTURES / "histograms" / f"{rev}.Histograms.json").read_bytes())
+    # 1. A histogram server that knows every revision the fleet's pings name.
+    write_revisions(workdir / "hg")
 
     with serve_histograms(workdir / "hg") as hg:
         step("receive")
         raw_dir = workdir / "raw"
         config = ReceiverConfig(log_path=str(raw_dir), port=0, workers=workers, include_request_ip=True)
-        base = base_record(FIXTURE_LOG)
-        submissions = [base, *variations(base, records - 1, seed=1)]
+        fleet = Fleet(records, seed=DEMO_SEED, scenario=DEMO_SCENARIO)
+        result.regression_build = fleet.regression_build
+        echo("a simulated fleet (telemetry simulate --describe):")
+        for line in fleet.describe():
+            echo(f"  {line}")
         with start_receiver(config) as receiver:
             echo(f"receiver listening on {receiver.url} ({workers} workers, durability={config.durability})")
-            with requests.Session() as http:
-                for rec in submissions:
-                    response = http.post(receiver.submit_url(rec.path), data=rec.data, timeout=30)
-                    result.posted += 1
-                    result.accepted += response.status_code == 200
+            sent = send(fleet.submissions(), SendConfig(receiver.url, concurrency=8))
+            result.posted, result.accepted, result.malformed = sent.sent, sent.accepted, sent.malformed
             receiver.stop()
         for f in finished_files(raw_dir):
             reader = RawLogReader(f)
             for _ in reader:
                 pass
             result.raw.add(reader.stats)
-        echo(f"posted {result.posted} submissions (the real Firefox 23 ping and variations of it), "
+        echo(f"posted {result.posted} submissions ({result.malformed} malformed on purpose), "
              f"{result.accepted} answered 200")
         echo(f"raw log: {len(finished_files(raw_dir))} finished files, {result.raw.records} records, "
              f"{result.raw.bytes:,} bytes, {result.raw.skipped_bytes} bytes skipped")
@@ -117,6 +143,7 @@ def run_demo(workdir: Path, records: int = 300, workers: int = 2, mongo_url: str
                           progress=False)
         for line in summary.lines():
             echo(line)
+        echo(f"({result.malformed} of the rejected are the fleet's malformed submissions, on purpose)")
         files = find_layout_files(layout, include_plain=False)
         result.records_out, result.rejected, result.layout_files = (
             summary.records_out, summary.records_rejected, len(files))
@@ -149,6 +176,19 @@ def run_demo(workdir: Path, records: int = 300, workers: int = 2, mongo_url: str
                      for r in result.histogram_rows]
             echo("\nGC_MS summed per channel (bucket arrays added element-wise):")
             echo(format_rows(shown, list(shown[0]) if shown else []))
+            nightly = Schema({"version": 1, "dimensions": [
+                {"field_name": "reason", "allowed_values": "*"},
+                {"field_name": "appName", "allowed_values": "*"},
+                {"field_name": "appUpdateChannel", "allowed_values": ["nightly"]}]})
+            result.build_rows = run_pipeline(payloads, "histogram", filter=nightly, name="GC_MS",
+                                             by="appBuildID")
+            shown = [{"nightly build": r["appBuildID"], "pings": r["count"],
+                      "mean_ms": round(r["sum"] / max(1, sum(r["buckets"])), 1),
+                      "note": "<- regression from here" if r["appBuildID"] == result.regression_build else ""}
+                     for r in result.build_rows]
+            echo(f"\nGC_MS on nightly per build (the fleet makes it "
+                 f"{DEMO_SCENARIO.regression.factor - 1:.0%} slower from {result.regression_build} on):")
+            echo(format_rows(shown, list(shown[0]) if shown else []))
     finally:
         if server is not None:
             server.stop()
@@ -170,15 +210,26 @@ def run_demo(workdir: Path, records: int = 300, workers: int = 2, mongo_url: str
 
 @click.command()
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
-              help="Where everything is written (emptied first).")
-@click.option("--records", type=click.IntRange(1, 100_000), default=300, show_default=True,
-              help="How many submissions to post.")
+              help="Where everything is written: a new or empty directory, or one an earlier demo "
+                   "made (emptied first).")
+@click.option("--records", type=click.IntRange(1, 100_000), default=2000, show_default=True,
+              help="How many simulated submissions to post.")
 @click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
 @click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
               help="Use this MongoDB instead of a throwaway embedded server.")
 @click.option("--replay/--no-replay", default=True, show_default=True)
-def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool) -> None:
+@click.option("--serve", is_flag=True,
+              help="Run the live pipeline (telemetry pipeline) with simulated traffic until Ctrl-C.")
+@click.option("--rate", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,
+              help="With --serve: simulated pings per second.")
+@click.option("--seconds", type=click.FloatRange(0, min_open=True),
+              help="With --serve: stop after this long [until Ctrl-C].")
+def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, replay: bool,
+         serve: bool = False, rate: float = 20.0, seconds: float | None = None) -> None:
     """Run the whole pipeline once on embedded defaults and print what each stage did."""
+    if serve:
+        _serve(workdir, rate, seconds, mongo_url)
+        return
     started = time.monotonic()
     try:
         result = run_demo(workdir, records, workers, mongo_url, replay, echo=click.echo)
@@ -187,6 +238,18 @@ def demo(workdir: Path, records: int, workers: int, mongo_url: str | None, repla
     click.echo(f"\ndone in {time.monotonic() - started:.1f} s; everything is under {workdir}/")
     if result.accepted != result.posted or result.replayed_same is False:
         sys.exit(1)
+
+
+def _serve(workdir: Path, rate: float, seconds: float | None, mongo_url: str | None) -> None:
+    from pipeline.errors import PipelineError
+    from pipeline.showcase import serve_demo
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        code = serve_demo(workdir, rate, seconds, mongo_url=mongo_url, echo=click.echo)
+    except PipelineError as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(code)
 
 
 commands = [demo]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections import Counter, defaultdict
 
@@ -294,3 +295,73 @@ def test_aggregate_cli(imported, mongo_url, tmp_path):
 def test_aggregate_cli_usage_errors(args):
     result = CliRunner().invoke(aggregate, args)
     assert result.exit_code == 2 and "Error:" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "pipeline, refused",
+    [
+        ([{"$match": {}}, {"$out": "payloads"}], "$out"),
+        ([{"$merge": {"into": "payloads"}}], "$merge"),
+        ([{"$match": {"$where": "true"}}], "$where"),
+        ([{"$addFields": {"x": {"$function": {"body": "1", "args": [], "lang": "js"}}}}],
+         "$function"),
+        ([{"$group": {"_id": 1, "x": {"$accumulator": {"init": "function(){}"}}}}],
+         "$accumulator"),
+        ([{"$lookup": {"from": "payloads", "as": "x", "pipeline": [{"$out": "y"}]}}], "$out"),
+        ([{"$facet": {"a": [{"$match": {}}], "b": [{"$merge": "y"}]}}], "$merge"),
+        ([{"$unionWith": {"coll": "payloads", "pipeline": [{"$match": {"$where": "1"}}]}}],
+         "$where"),
+        ([{"$changeStream": {}}], "$changeStream"),
+    ],
+)
+def test_custom_pipelines_are_read_only(mongo_db, pipeline, refused, tmp_path, mongo_url):
+    coll = mongo_db["payloads"]
+    coll.insert_many([{"_id": i, "meta": {"appName": "Firefox"}} for i in range(5)])
+    with pytest.raises(AggregationError, match=re.escape(refused)):
+        run_custom(coll, pipeline)
+    path = tmp_path / "p.json"
+    path.write_bytes(orjson.dumps(pipeline))
+    result = CliRunner().invoke(
+        aggregate,
+        ["--pipeline", str(path), "-d", mongo_db.name, "--mongo-url", mongo_url],
+    )
+    assert result.exit_code == 2 and refused in result.output and "read-only" in result.output
+    assert coll.count_documents({}) == 5
+    assert set(mongo_db.list_collection_names()) == {"payloads"}
+
+
+def test_filter_with_an_operator_document_is_refused(tmp_path, imported, mongo_url):
+    path = tmp_path / "filter.json"
+    path.write_bytes(orjson.dumps(
+        {"dimensions": [{"field_name": "reason", "allowed_values": {"$ne": "x"}}]}))
+    result = CliRunner().invoke(
+        aggregate,
+        ["os_distribution", "--filter", str(path), "-d", imported.database.name,
+         "--mongo-url", mongo_url],
+    )
+    assert result.exit_code == 2 and "allowed_values must be" in result.output
+
+
+def test_unknown_dimension_or_name_is_an_error_listing_the_valid_ones(tmp_path, imported,
+                                                                      mongo_url):
+    db = imported.database.name
+    run = CliRunner().invoke
+    path = tmp_path / "filter.json"
+    path.write_bytes(orjson.dumps(
+        {"dimensions": [{"field_name": "appUpdatechannel", "allowed_values": "release"}]}))
+    result = run(aggregate, ["os_distribution", "--filter", str(path), "-d", db,
+                             "--mongo-url", mongo_url])
+    assert result.exit_code == 2
+    assert "unknown dimension 'appUpdatechannel' (did you mean 'appUpdateChannel'?)" in result.output
+    assert "reason, appName, appUpdateChannel" in result.output
+
+    result = run(aggregate, ["histogram", "--name", "GC_MSS", "-d", db, "--mongo-url", mongo_url])
+    assert result.exit_code == 2, result.output
+    assert "--name 'GC_MSS' is in none of the documents (did you mean 'GC_MS'?)" in result.output
+    result = run(aggregate, ["simple_measurement", "--name", "uptme", "-d", db,
+                             "--mongo-url", mongo_url])
+    assert result.exit_code == 2 and "(did you mean 'uptime'?)" in result.output
+
+    result = run(aggregate, ["os_distribution", "-d", db, "-c", "nothing_here",
+                             "--mongo-url", mongo_url])
+    assert result.exit_code == 0 and f"{db}.nothing_here is empty" in result.stderr

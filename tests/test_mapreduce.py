@@ -48,6 +48,7 @@ def write_job(directory: Path, source: str, name: str = "job.py") -> Path:
 
 def run(tmp_path: Path, script: Path, data: Path, filter: Path | None = FILTER_ALL, **options):
     output = tmp_path / "out" / f"{script.stem}.txt"
+    output.parent.mkdir(parents=True, exist_ok=True)
     config = JobConfig(job_script=script, data_dir=data, work_dir=tmp_path / "work", output=output,
                        input_filter=filter, num_mappers=options.pop("num_mappers", 2), **options)
     result = run_job(config, log=lambda m: None)
@@ -407,15 +408,20 @@ def test_bad_job_scripts_are_config_errors(tmp_path, fixtures_dir, source, messa
     ({"engine": "spark"}, "unknown engine"),
     ({"data_dir": Path("/nonexistent/dir")}, "is not a directory"),
     ({"input_filter": Path("/nonexistent/filter.json")}, "is not a file"),
+    # never creates directories it was not pointed at (MISSING: a directory under tmp_path)
+    ({"output": Path("MISSING/o.txt")}, "MISSING does not exist"),
+    ({"work_dir": Path("MISSING/w")}, "MISSING does not exist"),
 ])
 def test_bad_configs_are_config_errors(tmp_path, fixtures_dir, change, message):
     config = JobConfig(job_script=EXAMPLES / "os_distribution.py",
                        data_dir=fixtures_dir / "converted", work_dir=tmp_path / "w",
                        output=tmp_path / "o", input_filter=FILTER_ALL)
+    missing = tmp_path / "missing"
     for k, v in change.items():
-        setattr(config, k, v)
-    with pytest.raises(ConfigError, match=message):
+        setattr(config, k, Path(str(v).replace("MISSING", str(missing))) if "MISSING" in str(v) else v)
+    with pytest.raises(ConfigError, match=message.replace("MISSING", str(missing))):
         run_job(config)
+    assert not missing.exists()
 
 
 def test_bad_filter_is_a_config_error(tmp_path, fixtures_dir):
@@ -571,3 +577,16 @@ def test_every_frame_of_a_multi_frame_zstd_file_is_mapped(tmp_path, records):
                                 for i in range(0, 30, 7)))
     _, out = run(tmp_path, EXAMPLES / "record_count.py", data)
     assert out == "total\t30\n"
+
+
+def test_a_filter_whose_names_are_not_the_schemas_is_warned_about(tmp_path, fixtures_dir):
+    bad = tmp_path / "filter.json"
+    bad.write_text('{"dimensions": [{"field_name": "reason", "allowed_values": "*"},'
+                   ' {"field_name": "appUpdateChannel", "allowed_values": "*"}]}')
+    messages = []
+    output = tmp_path / "o.txt"
+    run_job(JobConfig(job_script=EXAMPLES / "os_distribution.py",
+                      data_dir=fixtures_dir / "converted", work_dir=tmp_path / "w",
+                      output=output, input_filter=bad, num_mappers=1), log=messages.append)
+    assert any("input filter dimension 2 is 'appUpdateChannel', but the packaged schema's is "
+               "'appName'" in m for m in messages)

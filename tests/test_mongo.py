@@ -131,3 +131,51 @@ def test_commands_are_in_the_telemetry_group():
 
     assert {"import", "mongo", "aggregate", "compare"} <= set(main.list_commands(None))
     assert set(main.get_command(None, "mongo").commands) == {"start", "stop", "status"}
+
+
+def test_stop_never_signals_a_process_that_is_not_our_server(tmp_path):
+    """A pid file left by a reboot names a pid now used by something else: it is not killed."""
+    import subprocess
+    import sys
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / PID_FILE).write_bytes(orjson.dumps({"pid": other.pid, "port": 1}))
+        status = CliRunner().invoke(mongo, ["status", "--mongo-dir", str(tmp_path)])
+        assert status.exit_code == 1 and "not running" in status.output
+        assert "removed the stale pid file" in status.output
+        assert not (tmp_path / PID_FILE).exists()
+
+        (tmp_path / PID_FILE).write_bytes(orjson.dumps({"pid": other.pid, "port": 1}))
+        stopped = CliRunner().invoke(mongo, ["stop", "--mongo-dir", str(tmp_path)])
+        assert stopped.exit_code == 0 and stopped.output.endswith("not running\n")
+        assert f"process {other.pid} is not the embedded server" in stopped.output
+        assert not (tmp_path / PID_FILE).exists()
+        assert other.poll() is None  # still running: never signalled
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_mongo_dir_under_a_missing_directory_is_refused(tmp_path):
+    from importer.cli import import_
+
+    missing = tmp_path / "nonexistent" / "dir"
+    for command, args in ((mongo, ["start"]), (mongo, ["status"]), (import_, [str(tmp_path)])):
+        result = CliRunner().invoke(command, [*args, "--mongo-dir", str(missing)])
+        assert result.exit_code == 2, result.output
+        assert f"directory {missing.parent} does not exist" in result.output
+        assert not missing.parent.exists()
+
+
+def test_relative_mongo_dir_keeps_its_data_where_it_says(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = CliRunner().invoke
+    try:
+        started = run(mongo, ["start", "--mongo-dir", "relmongo"])
+        assert started.exit_code == 0, started.output
+        assert f"data in {tmp_path / 'relmongo' / 'db'}" in started.output
+        assert (tmp_path / "relmongo" / "db").is_dir()
+        assert not (tmp_path / "relmongo" / "relmongo").exists()
+    finally:
+        run(mongo, ["stop", "--mongo-dir", "relmongo"])

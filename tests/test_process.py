@@ -151,6 +151,10 @@ def test_every_reason_lands_in_the_error_output_and_retry_converts_them(config, 
     summary = process(config, [raw])
     assert summary.rejected == {reason: 1 for reason in REASONS}
     assert summary.records_out == 1
+    # only the unwritable directory is the infrastructure's fault; a revision the server
+    # answers 404 for is the record's
+    [(cause, n)] = summary.infrastructure.items()
+    assert n == 1 and cause.startswith("layout directories cannot be created")
     errors = Path(config.errors)
     for i, (reason, (path, data)) in enumerate(CRAFTED.items()):
         [err_file] = [p for p in error_files(errors) if p.parent.name == reason]
@@ -267,6 +271,12 @@ def test_default_schema_is_the_packaged_original(tmp_path, fixtures_dir):
      "memory_constraint"),
     ({"telemetry_schema": "s"}, "output"),
     ([1], "object"),
+    # Found by bench/fuzz.py: a wrong type reached a set lookup or Path() and raised TypeError.
+    ({"storage_path": "o", "codec": ["zst"]}, "codec must be a string"),
+    ({"storage_path": ["o"]}, "storage_path must be a string"),
+    ({"storage_path": "o", "histogram_server": {"url": 1}}, "histogram_server"),
+    ({"storage_path": "o", "dedup": "yes"}, "dedup"),
+    ({"storage_path": "o", "failure_ttl": None}, "failure_ttl"),
 ])
 def test_bad_config(data, words):
     with pytest.raises(ConfigError, match=words):
@@ -387,3 +397,81 @@ def test_a_crash_after_the_commit_point_is_completed_by_the_rerun(config, variat
     assert summary.files_completed == 1 and summary.records_out == 30
     assert sorted(d for _, d, _ in _records(config.output)) == \
         sorted(r.path.split("/")[0] for r in read_records(variation_files[0]))
+
+
+def test_retry_of_a_file_whose_every_record_was_rejected_converts_it(config, tmp_path, hist_dir):
+    # The error file of a wholly rejected v2 raw file is byte-identical to its source; it
+    # must not be taken for the source's unit ("already done") and renamed unread.
+    raw = tmp_path / "all-missing.log"
+    with open(raw, "wb") as f:
+        for i in range(3):
+            f.write(encode_record(_path(f"norev-{i}"), _gz(_ping(rev=MISSING)), TS + i, ""))
+    first = process(config, [raw])
+    assert first.rejected == {"missing_revision": 3}
+    errors = Path(config.errors)
+    [err_file] = error_files(errors)
+    assert err_file.read_bytes() == raw.read_bytes()
+
+    # a retry while the cause is still there keeps the records for the next retry
+    again = process(config, [], retry_errors=errors)
+    assert (again.files_skipped, again.records_in) == (0, 3)
+    assert again.rejected == {"missing_revision": 3}
+    assert len(error_files(errors)) == 1
+
+    served = hist_dir / REPO / REV / "Histograms.json"
+    write_revision(hist_dir, REPO, MISSING, served.read_bytes())
+    fixed = process(config, [], retry_errors=errors)
+    assert (fixed.files_skipped, fixed.records_in, fixed.records_out) == (0, 3, 3)
+    assert sorted(doc_id for _, doc_id, _ in _records(config.output)) == [
+        "norev-0", "norev-1", "norev-2"]
+    assert error_files(errors) == []
+
+
+def test_unreachable_histogram_server_is_an_error_with_its_cause(tmp_path, fixtures_dir,
+                                                                 fixture_raw, hist_dir):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "L"
+    args = [str(fixture_raw), "--output", str(out), "--histogram-server", dead,
+            "--schema", str(fixtures_dir / "telemetry_schema.json")]
+    result = CliRunner().invoke(process_command, args)
+    assert result.exit_code == 1, result.output
+    assert f"1 records rejected because the histogram server http://{dead} unreachable: " \
+           "Connection refused" in result.stderr
+    assert "--retry-errors" in result.stderr
+    [err_file] = error_files(out / ".errors")  # the record waits for the retry
+    assert err_file.parent.name == "missing_revision"
+
+    # a revision the server does not have is the record's problem: no infrastructure error
+    with serve_histograms(hist_dir) as good:
+        retried = CliRunner().invoke(process_command, [
+            "--retry-errors", str(out / ".errors"), "--output", str(out),
+            "--histogram-server", good.url,
+            "--schema", str(fixtures_dir / "telemetry_schema.json")])
+    assert retried.exit_code == 0, retried.output
+    assert "1 read, 1 written" in retried.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--level", "99"], "--level) for zst must be -131072..22, not 99"),
+    (["--level", "10", "--codec", "lzma"], "--level) for lzma must be 0..9, not 10"),
+])
+def test_bad_compression_level_is_one_line(tmp_path, fixture_raw, extra, message):
+    result = CliRunner().invoke(process_command, [str(fixture_raw), "--output",
+                                                  str(tmp_path / "L"), *extra])
+    assert result.exit_code == 2 and message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_histogram_server_on_a_busy_port_says_so(hist_dir):
+    from converter.cli import histogram_server_command
+
+    with serve_histograms(hist_dir) as busy:
+        port = busy.url.rsplit(":", 1)[1].strip("/")
+        result = CliRunner().invoke(histogram_server_command,
+                                    ["--dir", str(hist_dir), "--port", port])
+    assert result.exit_code == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.output

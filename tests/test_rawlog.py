@@ -217,3 +217,23 @@ def test_empty_path_record_is_read(tmp_path):
     records, stats = _read(path)
     assert [(r.path, r.data) for r in records] == [("", b"body"), ("next", b"2")]
     assert not stats.errors
+
+
+def test_cat_does_not_inflate_a_decompression_bomb(tmp_path):
+    bomb = gzip.compress(b"\0" * 20_000_000, compresslevel=9)  # ~20 KB inflating to 20 MB
+    path = tmp_path / "bomb.v1.h.1.2.finished"
+    write_records(path, [Record("bomb", bomb, TS), Record("ok", gzip.compress(b"{}"), TS + 1)])
+    res = CliRunner().invoke(rawlog_group, ["cat", str(path)])
+    assert res.exit_code == 0, res.output
+    bomb_line, ok_line = [orjson.loads(line) for line in res.stdout.splitlines()]
+    assert bomb_line["data"] is None and "inflates past 1048576 bytes" in bomb_line["data_error"]
+    assert "data_too_large" not in bomb_line
+    assert ok_line["data"] == "{}"
+    assert len(res.stdout) < 10_000
+    assert "1 bodies inflate past 1048576 bytes" in res.stderr
+    res = CliRunner().invoke(rawlog_group, ["cat", "--max-uncompressed", "1", str(path)])
+    assert [orjson.loads(line)["data"] for line in res.stdout.splitlines()] == [None, None]
+    # every reader that inflates is bounded by default
+    with pytest.raises(DataTooLarge):
+        inflate(bomb)
+    assert len(inflate(bomb, max_size=None)) == 20_000_000

@@ -691,3 +691,34 @@ def test_response_shapes(tmp_path, reply, close_after, delivered, reused):
         assert target.connections <= 2 < target.requests  # kept alive
     else:
         assert target.connections == target.requests  # one connection per request
+
+
+def test_a_state_file_that_cannot_be_written_stops_the_replay_before_sending(server, tmp_path):
+    target = server()
+    write_raw_dir(tmp_path / "raw", make_raw_records(5))
+    state = tmp_path / "nonexistent" / "x"
+    with pytest.raises(ReplayError, match="cannot write state file"):
+        replay_logs(cfg([tmp_path / "raw"], target.url + "/submit/telemetry/%k", state=state))
+    result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest",
+                                         target.url + "/submit/telemetry/%k", "--state", str(state)])
+    assert result.exit_code == 1 and "cannot write state file" in result.output
+    assert target.requests == []  # nothing sent: a rerun would have sent it again
+
+
+def test_a_state_file_that_fails_mid_way_is_reported_with_the_summary(server, tmp_path,
+                                                                      monkeypatch):
+    target = server()
+    write_raw_dir(tmp_path / "raw", make_raw_records(6), per_file=3)
+    saves = []
+
+    def save(self):
+        saves.append(1)
+        if len(saves) == 1:  # the end of the first file
+            raise ReplayError(f"cannot write state file {self.path}: disk full")
+
+    monkeypatch.setattr(ReplayState, "save", save)
+    result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest",
+                                         target.url + "/submit/telemetry/%k",
+                                         "--state", str(tmp_path / "s.json")])
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert "replay: 1 files, read 3, sampled out 0, delivered 3" in result.output

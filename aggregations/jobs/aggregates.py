@@ -1,0 +1,62 @@
+"""The aggregates of SPEC section 7 as a MapReduce job (``telemetry aggregates rebuild``).
+
+Each ping goes through the same :class:`aggregations.aggregates.Aggregate`
+as the importer's hook; its parts are keyed by ``(by, channel, version,
+date)``, combined 50 at a time on the mapper, summed per key on the
+reducer and written as ``{key json}<TAB>{aggregate json}`` lines, which
+:mod:`aggregations.rebuild` stores.  ``PARAMS`` is set by the rebuild.
+"""
+
+import orjson
+
+from aggregations.aggregates import Aggregate, Definitions
+
+PARAMS = {
+    "histogram_cache": None,
+    "histogram_server": None,
+    "dimensions": ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID",
+                   "submission_date"],
+}
+STATS = ("stats",)
+_definitions = None
+
+
+def _defs():
+    global _definitions
+    if _definitions is None:
+        revisions = None
+        if PARAMS["histogram_cache"] or PARAMS["histogram_server"]:
+            from converter.revisions import RevisionCache
+
+            revisions = RevisionCache(PARAMS["histogram_cache"], PARAMS["histogram_server"])
+        _definitions = Definitions(revisions)
+    return _definitions
+
+
+def map(key, dimensions, value, context):
+    try:
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return  # the importer rejects the same records
+    agg = Aggregate()
+    agg.add_ping(payload, dict(zip(PARAMS["dimensions"], dimensions)), _defs())
+    for part_key, part in agg.split().items():
+        context.write(part_key, part)
+    stats = Aggregate()
+    stats.stats = agg.stats
+    context.write(STATS, stats)
+
+
+def _merge(values):
+    out = Aggregate()
+    for v in values:
+        out.merge(v)
+    return out
+
+
+def combine(key, values, context):
+    context.write(key, _merge(values))
+
+
+def reduce(key, values, context):
+    context.write(orjson.dumps(list(key)).decode(), orjson.dumps(_merge(values).to_json()).decode())
