@@ -59,7 +59,8 @@ class _Answer:
 
     def stored(self, exc: BaseException | None) -> None:
         """The raw-log writer's callback: the record is durable (or failed)."""
-        self.conn._stored(self, exc)
+        if self.conn is not None:  # None: already accounted as never answered
+            self.conn._stored(self, exc)
 
 
 class HTTPProtocol(asyncio.Protocol):
@@ -271,10 +272,9 @@ class HTTPProtocol(asyncio.Protocol):
 
     def _stored(self, answer: _Answer, exc: BaseException | None) -> None:
         code = 200 if exc is None else self.app.storage_failure(exc)
-        close = answer.close or self.front.stopping
-        answer.payload, answer.code, answer.message = _CANNED[close, False][code], code, REASONS[code]
-        answer.close = close
-        self._flush()
+        answer.payload = _CANNED[answer.close, False][code]
+        answer.code, answer.message = code, REASONS[code]
+        self._flush()  # at shutdown the sweeper closes the connection once it is idle
 
     def _flush(self) -> None:
         """Write every answer at the head of the queue that is ready, in order."""
@@ -288,9 +288,11 @@ class HTTPProtocol(asyncio.Protocol):
                 app.account(a.uri, a.t0, a.code, a.size, a.message)
             if a.close:
                 self._close_now()
-                for rest in queue:  # queued behind a close: never sent
-                    if rest.payload is None:
-                        rest.close = True
+                while queue:  # queued behind a close (e.g. half-close): never answered
+                    rest = queue.popleft()
+                    if rest.code != 100:
+                        rest.conn = None
+                        app.account(rest.uri, rest.t0, 0, rest.size, "Connection closed")
                 break
         if self.paused and len(queue) < MAX_PIPELINE // 2 and not self.closing:
             self.paused = False
