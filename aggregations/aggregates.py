@@ -69,7 +69,7 @@ def layout_id(kind: str, buckets: tuple) -> str:
 
 @dataclass(frozen=True)
 class MetricDefinition:
-    """How one metric is bucketed: what the API answers as ``kind``, ``buckets``, ``description``."""
+    """How one metric is bucketed: the API's ``kind``, ``buckets`` and ``description``."""
 
     kind: str
     buckets: tuple  # lower bounds (numbers), or label strings for categorical
@@ -131,7 +131,7 @@ class Definitions:
             if self.revisions is not None:
                 try:
                     found = self.revisions.get(revision)
-                except Exception:  # RevisionError, HistogramError: the ping's histograms are left out
+                except Exception:  # RevisionError, HistogramError: histograms left out
                     found = None
             self._revisions[revision] = found
         return self._revisions[revision]
