@@ -325,3 +325,11 @@ def test_mongo_down_is_503_not_500(tmp_path):
         r = requests.get(s.url + "/aggregates_by/build_id/channels/", timeout=30)
         assert r.status_code == 503 and r.json()["code"] == 503
         assert "mongo_errors_total 1" in requests.get(s.url + "/metrics", timeout=10).text
+
+
+def test_a_missing_revision_is_asked_for_again_later(tmp_path):
+    cache = tmp_path / "cache"
+    defs = Definitions(RevisionCache(cache, None, failure_ttl=0), retry_seconds=0)
+    assert defs.get(ap.REVISION, "GC_MS") is None
+    ap.write_revisions(cache)  # published meanwhile
+    assert defs.get(ap.REVISION, "GC_MS").kind == "exponential"
