@@ -174,11 +174,11 @@ class Store:
     # -- the import path ---------------------------------------------------
 
     def apply_files(self, files: Mapping[str, tuple[Aggregate, Mapping[str, Any]]]) -> ApplyResult:
-        """Add each file's aggregate exactly once; ``files[relpath] = (aggregate, entry fields)``."""
+        """Add each file's aggregate exactly once: ``files[relpath] = (aggregate, entry)``."""
         return self.apply(self.batch(files))
 
     def batch(self, files: Mapping[str, tuple[Aggregate, Mapping[str, Any]]]) -> "Batch":
-        """Files sorted by their state: fresh ones summed, pending ones apart, applied ones left out."""
+        """Files by state: fresh ones summed, pending ones apart, applied ones left out."""
         known = self.entries(files)
         batch = Batch()
         for f, (agg, fields) in files.items():
@@ -321,7 +321,7 @@ class Store:
     # -- small collections (idempotent) -------------------------------------
 
     def write_meta(self, agg: Aggregate) -> None:
-        """Definitions, filter options and dates of ``agg``: only what this Store has not written."""
+        """Definitions, filter options and dates of ``agg`` that this Store has not written."""
         ops = []
         for (channel, version, metric), layouts in agg.definitions.items():
             for layout, (kind, buckets, description, newest) in layouts.items():
@@ -350,7 +350,8 @@ class Store:
                                  {"$set": {"channel": channel, "version": version},
                                   "$addToSet": {k: {"$each": v} for k, v in new.items()}},
                                  upsert=True))
-            self._known_options.update((channel, version, k, v) for k, vs in new.items() for v in vs)
+            self._known_options.update(
+                (channel, version, k, v) for k, vs in new.items() for v in vs)
         if ops:
             self.db[OPTIONS].bulk_write(ops, ordered=False)
         ops = [UpdateOne({"_id": doc_id(d)},
