@@ -26,7 +26,8 @@ from mapreduce.task import MapResult, MapTask, ReduceResult, ReduceTask
 # monitors every 100 and 500 ms) only takes CPU and the GIL from the tasks.  Measured on a
 # busy 2-core machine over a 100,000-record job: 2.5 to 3.7 s of CPU in the workers beyond
 # the tasks' own, 2.4 to 3.5 s in the scheduler, against 0.5 to 0.9 s and 0.7 to 1.3 s with
-# these (docs/mapreduce.md).  The same settings suit a cluster of one's own (its dask config).
+# these (docs/mapreduce.md; measured with the memory monitor at 1 s, kept at 500 ms so that a
+# runaway worker is still stopped quickly).  They suit a cluster of one's own too (its config).
 QUIET_CLUSTER = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "500ms",
