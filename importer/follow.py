@@ -65,6 +65,7 @@ def follow_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
             except PyMongoError as e:
                 raise MongoUnavailable(f"cannot create the indexes: {e}") from None
         status.update(state="idle")
+        status.keep_alive()
         loop.run(watcher, rescan_seconds)
     finally:
         watcher.close()
