@@ -205,6 +205,7 @@ class Report:
     statuses: Counter = field(default_factory=Counter)
     differing: list = field(default_factory=list)       # (record key, fast count, tornado count)
     seconds: float = 0.0
+    retried: int = 0                                     # differed once, alike when sent again
 
     @property
     def ok(self) -> bool:
@@ -214,7 +215,8 @@ class Report:
         lines = [f"{self.streams} streams in {self.seconds:.1f}s: {self.same} answered alike, "
                  f"{sum(self.documented.values())} documented differences, "
                  f"{len(self.undocumented)} undocumented, "
-                 f"{len(self.record_mismatches)} streams with different stored records",
+                 f"{len(self.record_mismatches)} streams with different stored records, "
+                 f"{self.retried} alike only when sent again",
                  f"records stored: {self.records}",
                  "statuses (fast front end): " + ", ".join(
                      f"{k}: {v}" for k, v in sorted(self.statuses.items()))]
@@ -236,6 +238,20 @@ def _documented(data: bytes) -> str | None:
     return None
 
 
+def _explain(data: bytes, fast_answer: tuple, tornado_answer: tuple) -> str | None:
+    """The documented difference that explains two answers to ``data``, if any."""
+    (fast, fast_closed), (tornado, _) = fast_answer, tornado_answer
+    why = _documented(data)
+    if why is None and fast_closed and len(tornado) < len(fast) \
+            and fast[:len(tornado)] == tornado:
+        why = NO_LINGER
+    if why is None and tornado and tornado[-1] == 400 \
+            and fast[:len(tornado) - 1] == tornado[:-1] \
+            and (tornado == fast + [400] or re.search(rb"\n\r?\n\r?\n", data)):
+        why = BLANK_LINES
+    return why
+
+
 def run_fuzz(streams: int, seed: int = 1, concurrency: int = 48, workdir: str | None = None,
              progress: bool = False) -> Report:
     """Send ``streams`` generated streams to both front ends and compare what they did."""
@@ -249,6 +265,7 @@ def run_fuzz(streams: int, seed: int = 1, concurrency: int = 48, workdir: str | 
                                     http_server=front, metrics=False, durability="os", **LIMITS)
             handles[front] = start_receiver(config)
         results: dict[int, tuple] = {}
+        retried: set[int] = set()
 
         async def one(sid: int, gate: asyncio.Semaphore) -> None:
             async with gate:
@@ -264,6 +281,21 @@ def run_fuzz(streams: int, seed: int = 1, concurrency: int = 48, workdir: str | 
             await asyncio.gather(*(one(i, gate) for i in range(streams)))
 
         asyncio.run(main())
+        # A stream whose answers differ is sent again, alone, before it counts:
+        # on a loaded machine a 4 s read timeout can cut one short.  (Stored
+        # records are compared as counts, so the second sending cancels out.)
+        again = [sid for sid, (data, a, b) in results.items()
+                 if a[0] != b[0] and _explain(data, a, b) is None]
+
+        async def retry() -> None:
+            for sid in again:
+                data, cuts = make_stream(seed, sid)
+                got = [await _send(handles[f].host, handles[f].port, data, cuts) for f in FRONTS]
+                if got[0][0] == got[1][0]:
+                    retried.add(sid)
+                    results[sid] = (data, got[0], got[1])
+
+        asyncio.run(retry())
     finally:
         for h in handles.values():
             h.stop()
@@ -298,14 +330,9 @@ def run_fuzz(streams: int, seed: int = 1, concurrency: int = 48, workdir: str | 
         if fast == tornado and sid not in differ_records:
             report.same += 1
             continue
-        why = _documented(data)
-        if why is None and fast_closed and len(tornado) < len(fast) \
-                and fast[:len(tornado)] == tornado:
-            why = NO_LINGER
-        if why is None and tornado and tornado[-1] == 400 \
-                and fast[:len(tornado) - 1] == tornado[:-1] \
-                and (tornado == fast + [400] or re.search(rb"\n\r?\n\r?\n", data)):
-            why = BLANK_LINES
+        why = _explain(data, (fast, fast_closed), (tornado, tornado_closed))
+        if why is None and fast == tornado and sid in retried:
+            continue  # its records were sent twice, the first time cut short
         if why is not None:
             report.documented[why] += 1
             explained.add(sid)
@@ -322,6 +349,7 @@ def run_fuzz(streams: int, seed: int = 1, concurrency: int = 48, workdir: str | 
                    for p in differ_records.get(m[0], []))]
     if -1 in differ_records:  # a record no stream's bytes carry
         report.record_mismatches.append((-1, "?", "?"))
+    report.retried = len(retried)
     report.seconds = time.perf_counter() - t0
     return report
 

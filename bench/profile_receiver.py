@@ -17,7 +17,11 @@ time by component:
 cProfile slows Python code by about 2x and C code not at all, so the shares
 are indicative; the req/s printed is without the profiler (a second run).
 
-    bench/profile_receiver.py [--front fast|tornado] [--loop uvloop|asyncio] [--duration 5]
+Also runs variants without the profiler (asyncio loop, no stats log, no
+fsync, Tornado front end) and prints req/s, p50, p99 and CPU per request for
+each: the differences are what each component costs.
+
+    bench/profile_receiver.py [--duration 5] [--variants 0,1,2]
 
 ``wrk`` is a Debian package: ``apt-get install -y wrk``.
 """
@@ -51,6 +55,7 @@ bench_receiver = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench_receiver)
 
 CATEGORIES = [
+    ("event loop C code and idle wait", lambda f, n: f.endswith("runners.py") and n == "run"),
     ("parsing (llhttp)", lambda f, n: "feed_data" in n and "httptools" in (f + n)),
     ("parsing (Tornado HTTP1Connection, IOStream)",
      lambda f, n: f.endswith(("http1connection.py", "iostream.py", "httputil.py"))),
@@ -68,7 +73,7 @@ CATEGORIES = [
 def categorize(stats: pstats.Stats) -> dict[str, float]:
     out: dict[str, float] = {}
     for (file, _line, name), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
-        label = "event loop, sockets, futures, timers (the rest)"
+        label = "event loop in Python: callbacks, futures, timers (the rest)"
         for cat, test in CATEGORIES:
             if test(file, name):
                 label = cat
@@ -104,13 +109,24 @@ def run(config: ReceiverConfig, body_file: Path, duration: float, profile: bool)
     return result, cpu, profiler
 
 
+VARIANTS = {
+    "default (fast, uvloop, fsync, stats log)": {},
+    "event loop: asyncio": dict(event_loop="asyncio"),
+    "no stats log": dict(stats_log_file=None),
+    "durability os (no fdatasync)": dict(durability="os"),
+    "no metrics endpoint": dict(metrics=False),
+    "front end: tornado": dict(http_server="tornado"),
+    "tornado on asyncio (the old default's loop)": dict(http_server="tornado",
+                                                        event_loop="asyncio"),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--front", default="fast", choices=("fast", "tornado"))
-    ap.add_argument("--loop", default="uvloop", choices=("uvloop", "asyncio"))
     ap.add_argument("--duration", type=float, default=5.0)
-    ap.add_argument("--no-stats-log", action="store_true")
+    ap.add_argument("--variants", default=",".join(str(i) for i in range(len(VARIANTS))),
+                    help="which variants to run, by index (default all)")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
@@ -119,22 +135,26 @@ def main() -> None:
         body_file = work / "gzip-ping.body"
         body_file.write_bytes(next(read_records(ROOT / "tests/fixtures/raw/telemetry1.v1.log")).data)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # _serve installs its own handler
-        config = ReceiverConfig(port=0, log_path=str(work / "logs"), motd="", hostname="profile",
-                                http_server=args.front, event_loop=args.loop,
-                                stats_log_file=None if args.no_stats_log else str(work / "stats.log"))
-        plain, plain_cpu, _ = run(config, body_file, args.duration, profile=False)
-        prof, cpu, profiler = run(config, body_file, args.duration, profile=True)
+        base = ReceiverConfig(port=0, log_path=str(work / "logs"), motd="", hostname="profile",
+                              stats_log_file=str(work / "stats.log"))
+        print("one worker in this process, wrk -t1 -c64 posting the gzip ping; "
+              "CPU per request counts every thread (loop and writer)")
+        chosen = [list(VARIANTS)[int(i)] for i in args.variants.split(",")]
+        for name in chosen:
+            r, cpu, _ = run(base.replace(**VARIANTS[name]), body_file, args.duration,
+                            profile=False)
+            print(f"  {name:45} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+                  f"p99 {r['p99_ms']:7.2f} ms  {cpu / max(1, r['ok']) * 1e6:5.0f} us CPU/request",
+                  flush=True)
+        prof, cpu, profiler = run(base, body_file, args.duration, profile=True)
         stats = pstats.Stats(profiler)
         cats = categorize(stats)
-        total = sum(cats.values())
         n = prof["ok"] + prof["failed"]
-        print(f"one worker, front end {args.front}, loop {args.loop}, durability fsync, "
-              f"stats log {'off' if args.no_stats_log else 'on'}, metrics on, wrk -c64, gzip ping")
-        print(f"without profiler: {plain['rps']:.0f} req/s, p50 {plain['p50_ms']:.2f} ms, "
-              f"p99 {plain['p99_ms']:.2f} ms, "
-              f"{plain_cpu / max(1, plain['ok']) * 1e6:.0f} us CPU per request (all threads)")
-        print(f"with profiler: {prof['rps']:.0f} req/s; event-loop thread time per request "
-              f"by component (profiled, {total / max(1, n) * 1e6:.0f} us in all):")
+        loop_and_idle = cats.pop("event loop C code and idle wait", 0.0)
+        total = sum(cats.values())
+        print(f"default under cProfile ({prof['rps']:.0f} req/s): Python time per request on "
+              f"the event-loop thread, {total / max(1, n) * 1e6:.0f} us in all "
+              f"(the loop's own C code and its idle wait, {loop_and_idle:.1f}s, left out):")
         for label, t in sorted(cats.items(), key=lambda kv: -kv[1]):
             print(f"  {label:50} {t / max(1, n) * 1e6:7.1f} us  {100 * t / total:5.1f}%")
         if os.environ.get("PROFILE_TOP"):

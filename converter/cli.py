@@ -114,7 +114,11 @@ def histogram_server_command(directory: str, host: str, port: int) -> None:
     """Serve Histograms.json revisions at hg's raw-file URLs until Ctrl-C or SIGTERM."""
     try:
         server = serve_histograms(directory, host, port)
-    except (OSError, ValueError) as e:
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    except ValueError as e:
         raise click.ClickException(str(e)) from None
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     click.echo(f"serving {directory} at {server.url}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import signal
 import sys
 import threading
@@ -26,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
+from urllib.parse import urlsplit
 
 import boto3
 import click
@@ -55,6 +57,27 @@ Opener = Callable[[Path], IO[bytes]]
 
 class ExportError(Exception):
     """Base class for export failures reported to the user."""
+
+
+# What boto3 accepts as a bucket name (S3 itself wants 3-63 lowercase letters,
+# digits, '.' and '-'; S3-compatible stores may allow more).
+_BUCKET_NAME = re.compile(r"^[a-zA-Z0-9.\-_]{1,255}$")
+
+
+def s3_location_problem(bucket: str | None, endpoint_url: str | None) -> str | None:
+    """Why a bucket name or endpoint URL cannot be used, in one line, or None.
+
+    Checked before boto3 sees them: its own messages are a traceback (a bad
+    endpoint) or several lines of regular expressions (a bad bucket name).
+    """
+    if bucket is not None and not _BUCKET_NAME.match(bucket):
+        return (f"bucket name {bucket!r} is not valid: use letters, digits, '.', '-' "
+                f"(S3 wants 3-63 lowercase ones)")
+    if endpoint_url is not None:
+        parts = urlsplit(endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            return f"endpoint URL must be http://HOST[:PORT] or https://..., not {endpoint_url!r}"
+    return None
 
 
 class UploadMismatch(ExportError):
@@ -90,6 +113,9 @@ class ExportConfig:
         self.layout_dir = Path(self.layout_dir)
         if not self.bucket:
             raise ExportError("a bucket name is required")
+        problem = s3_location_problem(self.bucket, self.endpoint_url)
+        if problem:
+            raise ExportError(problem)
         if self.after_upload not in AFTER_UPLOAD:
             raise ExportError(f"after_upload must be one of {', '.join(AFTER_UPLOAD)}, "
                               f"not {self.after_upload!r}")
@@ -99,6 +125,11 @@ class ExportConfig:
             raise ExportError("loop must be a number of seconds >= 0")
         if self.multipart_threshold < 1 or self.multipart_chunksize < 1:
             raise ExportError("multipart sizes must be positive")
+        if self.endpoint_url and "@" in urlsplit(self.endpoint_url).netloc:
+            # botocore would print the URL, password included, in every connection error.
+            raise ExportError("the endpoint URL must not hold credentials (user:password@); "
+                              "boto3 takes them from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                              "AWS_PROFILE or ~/.aws")
 
 
 @dataclass
@@ -255,7 +286,8 @@ def _check_bucket(client, bucket: str) -> None:
         raise ExportError("no AWS credentials found (environment, shared credentials file, "
                           "or instance role)") from None
     except BotoCoreError as e:
-        raise ExportError(f"cannot reach S3: {e}") from None
+        first_line = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"cannot reach S3: {first_line}") from None
 
 
 def _export_pass(client, config: ExportConfig, files: list[LayoutFile], stop: threading.Event,
@@ -437,9 +469,11 @@ def _stop_on_signals(stop: threading.Event) -> None:
               help="Part size in MiB for multipart uploads.")
 @click.option("--attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Uploads of one file before it counts as failed.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
 def export(layout_dir: Path, bucket: str, prefix: str, endpoint_url: str | None, after_upload: str,
            loop: float | None, workers: int, multipart_threshold: int, part_size: int,
-           attempts: int) -> None:
+           attempts: int, progress: bool | None) -> None:
     """Upload published layout files to s3://BUCKET/PREFIX/, verified, skipping those already there.
 
     Credentials come from boto3's usual chain (environment, config files,
@@ -450,7 +484,7 @@ def export(layout_dir: Path, bucket: str, prefix: str, endpoint_url: str | None,
                               endpoint_url=endpoint_url, after_upload=after_upload, loop=loop,
                               workers=workers, multipart_threshold=multipart_threshold * MiB,
                               multipart_chunksize=part_size * MiB, attempts=attempts,
-                              progress=sys.stderr.isatty())
+                              progress=sys.stderr.isatty() if progress is None else progress)
     except ExportError as e:
         raise click.UsageError(str(e)) from None
     stop = threading.Event()

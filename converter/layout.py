@@ -129,7 +129,7 @@ def path_filter(filter: Schema) -> Schema:
             return clean_value(allowed)
         if isinstance(allowed, list):
             return [clean_value(str(v)) for v in allowed]
-        return {k: clean_value(str(v)) for k, v in allowed.items()}
+        return {k: None if v is None else clean_value(str(v)) for k, v in allowed.items()}
 
     return Schema({"version": filter.version,
                    "dimensions": [{"field_name": d.field_name, "allowed_values": clean(d.allowed_values)}

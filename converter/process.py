@@ -39,6 +39,8 @@ from converter.storage import (CODEC_EXTENSIONS, DEFAULT_MAX_FILE_SIZE, LayoutWr
 from receiver.rawlog import FINISHED_SUFFIX, RawLogReader, finished_files
 
 DEFAULT_SCHEMA = Path(__file__).parent / "telemetry_schema.json"  # the original's schema
+# The levels each codec accepts: zstd's fast (negative) and normal ones, lzma's presets.
+COMPRESSION_LEVELS = {"zst": (-131072, 22), "lzma": (0, 9)}
 STATE_DIR = ".state"
 WORK_DIR = ".work"
 ERRORS_DIR = ".errors"
@@ -105,6 +107,17 @@ class ConverterConfig:
 
     def check(self) -> None:
         """Validate values; fills ``notices`` with what the user should hear once."""
+        for name in ("storage_path", "telemetry_schema", "codec"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, not {getattr(self, name)!r}")
+        for name in ("histogram_cache", "histogram_server", "upload_path", "errors_path",
+                     "heka_server"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string or null, not {getattr(self, name)!r}")
+        if type(self.dedup) is not bool:
+            raise ConfigError(f"dedup must be true or false, not {self.dedup!r}")
+        if type(self.failure_ttl) not in (int, float) or not self.failure_ttl >= 0:
+            raise ConfigError(f"failure_ttl must be a number of seconds, not {self.failure_ttl!r}")
         if not self.storage_path:
             raise ConfigError("no output directory (storage_path / --output) given")
         if not self.telemetry_schema:
@@ -122,6 +135,11 @@ class ConverterConfig:
         if self.compression_preset is not None and type(self.compression_preset) is not int:
             raise ConfigError(f"compression_preset must be an integer, "
                               f"not {self.compression_preset!r}")
+        if self.compression_preset is not None:
+            low, high = COMPRESSION_LEVELS[CODEC_EXTENSIONS[self.codec]]
+            if not low <= self.compression_preset <= high:
+                raise ConfigError(f"compression_preset (--level) for {self.codec} must be "
+                                  f"{low}..{high}, not {self.compression_preset}")
         if self.heka_server is not None and HEKA_NOTICE not in self.notices:
             self.notices.append(HEKA_NOTICE)
         no_source = not self.histogram_cache and not self.histogram_server

@@ -28,7 +28,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import requests
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 HISTOGRAMS_FILE = "Histograms.json"
 RAW_FILE_SUFFIX = "toolkit/components/telemetry/Histograms.json"
 MAX_DOWNLOAD = 64 * 1024 * 1024
+MAX_REDIRECTS = 3
 MAX_FAILURES = 10_000       # remembered failed revisions per cache
 
 _REVISION_URL = re.compile(r"^https?://[^/?#]+/(?P<repo>[^?#]+?)/rev/(?P<rev>[0-9a-fA-F]{6,40})/?$")
@@ -68,7 +69,7 @@ class RevisionError(Exception):
 
 def _check_repo(repo: str) -> str:
     parts = repo.split("/")
-    if not all(_REPO_PART.match(p) for p in parts):
+    if not all(_REPO_PART.fullmatch(p) for p in parts):
         raise RevisionError(MISSING_REVISION_REPO, f"not a repository name: {repo!r}")
     return repo
 
@@ -93,7 +94,7 @@ def parse_revision_url(url: str) -> tuple[str, str]:
 def revision_path(directory: str | os.PathLike, repo: str, rev: str) -> Path:
     """Where a revision's Histograms.json lives in a cache or server directory."""
     _check_repo(repo)
-    if not _REV.match(rev):
+    if not _REV.fullmatch(rev):
         raise RevisionError(MISSING_REVISION_REPO, f"not a revision: {rev!r}")
     return Path(directory, *repo.split("/"), rev, HISTOGRAMS_FILE)
 
@@ -306,8 +307,7 @@ class RevisionCache:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                with self._session.get(url, timeout=(self.connect_timeout, self.read_timeout),
-                                       stream=True) as response:
+                with self._get(url) as response:
                     status = response.status_code
                     if status == HTTPStatus.OK:
                         return _read_limited(response, url)
@@ -316,6 +316,10 @@ class RevisionCache:
                         unavailable = None
                         break  # 404 and friends: asking again will not help
                     unavailable = f"histogram server {self.server} answers {problem}"
+            except OffBase as e:
+                problem = str(e)
+                unavailable = f"histogram server {self.server} redirects elsewhere"
+                break
             except requests.RequestException as e:
                 problem = f"{type(e).__name__}: {e}"
                 unavailable = f"histogram server {self.server} unreachable: {_short_problem(e)}"
@@ -323,6 +327,25 @@ class RevisionCache:
         raise RevisionError(MISSING_REVISION,
                             f"revision {repo}/{rev} not available from {url}: {problem}",
                             unavailable)
+
+    def _get(self, url: str) -> requests.Response:
+        """GET ``url``, following redirects only while they stay under the configured server.
+
+        The URL comes from a ping (its repository and revision), so a server
+        that redirects (or is made to redirect) elsewhere, to an internal
+        address for instance, must not make the converter fetch from there.
+        """
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self._session.get(url, timeout=(self.connect_timeout, self.read_timeout),
+                                         stream=True, allow_redirects=False)
+            if not response.is_redirect:
+                return response
+            target = urljoin(url, response.headers.get("Location", ""))
+            response.close()
+            if not target.startswith(self.server + "/"):
+                raise OffBase(f"{url} redirects to {target[:200]}, outside {self.server}")
+            url = target
+        raise OffBase(f"{url}: more than {MAX_REDIRECTS} redirects")
 
 
 def _short_problem(e: requests.RequestException) -> str:
@@ -333,6 +356,10 @@ def _short_problem(e: requests.RequestException) -> str:
     if found:
         return found.group(1).strip()
     return type(e).__name__
+
+
+class OffBase(Exception):
+    """A redirect away from the configured histogram server, which is never followed."""
 
 
 def _read_limited(response: requests.Response, url: str) -> bytes:

@@ -92,11 +92,19 @@ class Schema:
     def __init__(self, spec: Mapping[str, Any]):
         if not isinstance(spec, Mapping) or not isinstance(spec.get("dimensions"), list):
             raise SchemaError("a schema needs a 'dimensions' list")
-        self.version = int(spec.get("version", 1))
+        version = spec.get("version", 1)
+        if type(version) is not int and not (isinstance(version, str) and version.isdigit()):
+            raise SchemaError(f"a schema's version must be a number, not {version!r}")
+        self.version = int(version)
         dims = []
         for i, d in enumerate(spec["dimensions"]):
             if not isinstance(d, Mapping) or not isinstance(d.get("field_name"), str):
                 raise SchemaError(f"dimension {i} needs a 'field_name'")
+            name = d["field_name"]
+            # A name becomes a MongoDB field path (meta.NAME): no operator, no sub-path.
+            if not name or name.startswith("$") or "." in name or "\0" in name:
+                raise SchemaError(f"dimension {i}: field_name {name!r} must not be empty, "
+                                  "start with '$' or hold '.'")
             allowed = d.get("allowed_values", "*")
             check_allowed(allowed, f"dimension {d['field_name']!r}")
             dims.append(Dimension(d["field_name"], allowed))

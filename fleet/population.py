@@ -64,19 +64,28 @@ _TAIL = (b',"slowSQL":{"mainThread":{},"otherThreads":{}},'
 
 
 class Submission(NamedTuple):
-    """One submission as the receiver would store it.
+    """One submission as the receiver would store it: unpacks as ``path, body, timestamp_ms, client_ip``.
 
     ``path`` is the URL path after the prefix (``docId/reason/app/version/channel/build``),
     ``body`` the gzip body, ``timestamp_ms`` the simulated receive time,
-    ``client_ip`` the client's address, ``malformed`` the kind of damage (None
-    for a good ping).
+    ``client_ip`` the client's address.  ``malformed`` is the kind of damage
+    done on purpose (a :class:`MalformedSubmission`), None for a good ping.
     """
 
     path: str
     body: bytes
     timestamp_ms: int
     client_ip: str
-    malformed: str | None = None
+    malformed = None          # not a field: a good submission is a plain 4-tuple
+
+
+class MalformedSubmission(Submission):
+    """A submission broken on purpose; ``malformed`` says how (a key of MALFORMED_REASON)."""
+
+    def __new__(cls, path: str, body: bytes, timestamp_ms: int, client_ip: str, malformed: str):
+        self = super().__new__(cls, path, body, timestamp_ms, client_ip)
+        self.malformed = malformed
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +239,9 @@ class Fleet:
             body = self.ping(rng, client, channel, build, reason, kind)
             doc_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             path = f"{doc_id}/{reason}/{APP_NAME}/{channel.version}/{channel.name}/{build}"
-            yield Submission(path, gzip.compress(body, level, mtime=0), ts, client.ip, kind)
+            gz = gzip.compress(body, level, mtime=0)
+            yield Submission(path, gz, ts, client.ip) if kind is None else \
+                MalformedSubmission(path, gz, ts, client.ip, kind)
 
     def ping(self, rng: random.Random, client: Client, channel: Channel, build: str, reason: str,
              malformed: str | None = None) -> bytes:

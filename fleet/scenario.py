@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import orjson
@@ -105,16 +105,6 @@ class Scenario:
             raise ScenarioError(f"scenario key 'days': must be at least 1, got {days}")
         return replace(self, days=days)
 
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["effects"] = {k: out.pop(k) for k in ("regression", "os_difference", "malformed")}
-        for k, v in out["effects"].items():
-            if v is None:
-                out["effects"][k] = False
-            elif "kinds" in v:
-                v["kinds"] = list(v["kinds"])
-        return out
-
     # -- loading -------------------------------------------------------------
 
     @classmethod
@@ -126,12 +116,7 @@ class Scenario:
         _no_unknown(data, known, "")
         kw: dict[str, Any] = {}
         if "start_date" in data:
-            v = data["start_date"]
-            try:
-                dt.date.fromisoformat(v) if isinstance(v, str) and len(v) == 10 else _raise()
-            except ValueError:
-                raise ScenarioError(f"scenario key 'start_date': must be a date YYYY-MM-DD, got {v!r}") from None
-            kw["start_date"] = v
+            kw["start_date"] = _date(data["start_date"], "start_date")
         if "days" in data:
             kw["days"] = _int(data["days"], "days", 1, 3660)
         if "pings_per_client_day" in data:
@@ -175,8 +160,14 @@ class Scenario:
             raise ScenarioError(f"{path}: {e}") from None
 
 
-def _raise() -> None:
-    raise ValueError
+def _date(value: Any, key: str) -> str:
+    try:
+        ok = isinstance(value, str) and len(value) == 10 and dt.date.fromisoformat(value)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ScenarioError(f"scenario key '{key}': must be a date YYYY-MM-DD, got {_show(value)}")
+    return value
 
 
 def _require(value: Any, kind: type, key: str, what: str) -> None:

@@ -23,6 +23,7 @@ from importer.importer import (
     ImportOptions,
     default_workers,
     import_dataset,
+    parse_write_concern,
 )
 from importer.mongo import (
     MongoConfig,
@@ -41,6 +42,30 @@ class BadSetup(click.ClickException):
     """A bad URI, an unreachable server, a missing directory: one line, exit 2, no usage dump."""
 
     exit_code = 2
+
+
+_DATABASE_FORBIDDEN = set('/\\. "$*<>:|?\0')
+
+
+def database_name(ctx, param, value: str) -> str:
+    """A click callback: a MongoDB database name, checked before any server sees it."""
+    bad = sorted(set(value) & _DATABASE_FORBIDDEN)
+    if not value or bad or len(value.encode()) > 63:
+        raise click.BadParameter(
+            f"{value!r} is not a MongoDB database name (1-63 bytes, none of / \\ . space \" $ * < > : | ?)"
+        )
+    return value
+
+
+def collection_name(ctx, param, value: str) -> str:
+    """A click callback: a MongoDB collection name that is the user's to write and read."""
+    if not value or "$" in value or "\0" in value or value.startswith("."):
+        raise click.BadParameter(
+            f"{value!r} is not a MongoDB collection name (not empty, no '$', not starting with '.')"
+        )
+    if value.startswith("system."):
+        raise click.BadParameter(f"{value!r}: system.* collections are MongoDB's own")
+    return value
 
 
 def mongo_options(f):
@@ -87,6 +112,13 @@ def connect_url(config: MongoConfig) -> str:
         raise BadSetup(str(e)) from None
 
 
+def _write_concern(value: str) -> int | str:
+    try:
+        return parse_write_concern(value)
+    except ImporterError as e:
+        raise click.BadParameter(str(e)) from None
+
+
 def check_filter_levels(filter: Schema, schema: Schema) -> None:
     """A layout filter applies by position: each of its dimensions must be the schema's there.
 
@@ -104,8 +136,22 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
 
 @click.command("import")
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("-d", "--database", default="telemetry", show_default=True)
-@click.option("-c", "--collection", default="payloads", show_default=True)
+@click.option(
+    "-d",
+    "--database",
+    default="telemetry",
+    show_default=True,
+    callback=database_name,
+    help="Database to import into.",
+)
+@click.option(
+    "-c",
+    "--collection",
+    default="payloads",
+    show_default=True,
+    callback=collection_name,
+    help="Collection to import into (its import records go to 'imports').",
+)
 @click.option("--drop", is_flag=True, help="Drop the collection and its import records first.")
 @click.option(
     "--workers",
@@ -138,6 +184,7 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
     default="1",
     show_default=True,
     help="w of every insert: a number or 'majority' (0 is accepted but loses error reports).",
+    callback=lambda ctx, param, value: _write_concern(value),
 )
 @click.option(
     "--on-duplicate",
@@ -214,7 +261,7 @@ def import_(
         raise BadSetup(f"dataset {dataset} is not a directory")
     if not dataset.is_dir() and not following:
         raise BadSetup(f"dataset directory {dataset} does not exist")
-    wc: int | str = int(write_concern) if write_concern.isdigit() else write_concern
+    wc = write_concern
     try:
         schema = Schema.load(schema_path) if schema_path else None
         filter = Schema.load(filter_path) if filter_path else None
@@ -336,7 +383,13 @@ def mongo():
 
 
 @mongo.command("start")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+@click.option(
+    "--mongo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=DATA_DIR_ENV,
+    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+    "[default: ~/.local/share/telemetry/mongo].",
+)
 def mongo_start(mongo_dir):
     """Start the embedded server if it is not running, and print its URI."""
     config = mongo_config(None, mongo_dir)
@@ -349,7 +402,13 @@ def mongo_start(mongo_dir):
 
 
 @mongo.command("stop")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+@click.option(
+    "--mongo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=DATA_DIR_ENV,
+    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+    "[default: ~/.local/share/telemetry/mongo].",
+)
 def mongo_stop(mongo_dir):
     """Stop the embedded server."""
     config = mongo_config(None, mongo_dir)
@@ -358,7 +417,13 @@ def mongo_stop(mongo_dir):
 
 
 @mongo.command("status")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+@click.option(
+    "--mongo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=DATA_DIR_ENV,
+    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+    "[default: ~/.local/share/telemetry/mongo].",
+)
 def mongo_status(mongo_dir):
     """Say whether the embedded server runs (exit 0) or not (exit 1)."""
     config = mongo_config(None, mongo_dir)

@@ -42,7 +42,7 @@ from converter.layout import (
 )
 from converter.schema import SUBMISSION_DATE, Schema
 from importer.document import META, SOURCE, DocumentError, make_document
-from importer.errors import DatasetError, ImporterError
+from importer.errors import DatasetError, ImporterError, MongoUnavailable
 from importer.mongo import connect, is_local
 
 DEFAULT_SCHEMA = Path(converter.__file__).parent / "telemetry_schema.json"
@@ -72,8 +72,9 @@ class ImportOptions:
     create_indexes: bool = True
     chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
-    timeout_ms: int = 5000
-    # Called per chunk of files (``hook.open(db, names)``): aggregations.importing.AggregatesHook.
+    timeout_ms: int = 3000  # server selection and connect, as documented (docs/mongo.md)
+    # Per chunk ``hook.open(db, names)``, in the importing process ``hook.sink(db)``:
+    # aggregations.importing.AggregatesHook (the aggregates of the imported files).
     hook: Any = None
 
     def dimension_names(self) -> list[str]:
@@ -104,6 +105,7 @@ class ChunkResult:
     rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
     hook_stats: dict[str, int] = field(default_factory=dict)  # what the file hook reports
+    hook_output: Any = None  # handed to the hook's sink in the importing process
 
     @property
     def records(self) -> int:
@@ -200,6 +202,7 @@ def import_dataset(
     summary = ImportSummary()
     client = connect(url, options.timeout_ms)
     try:
+        check_write_concern(client, options.write_concern)
         db = client[options.database]
         if options.drop:
             db.drop_collection(options.collection)
@@ -211,10 +214,12 @@ def import_dataset(
         chunks = make_chunks(files, options.chunk_bytes, options.chunk_files)
         if progress:
             progress.start(len(files), sum(f.size for f in files))
+        sink = _Sink(options.hook.sink(db) if options.hook is not None else None, summary)
         if options.workers <= 1 or len(chunks) <= 1:
             for chunk in chunks:
                 result = import_files(db, chunk, names, options)
                 summary.add(result)
+                sink.add(result)
                 if progress:
                     progress.update(result)
         else:
@@ -236,12 +241,77 @@ def import_dataset(
                             "an import worker process died; rerun to resume"
                         ) from None
                     summary.add(result)
+                    sink.add(result)
                     if progress:
                         progress.update(result)
+        sink.close()
     finally:
         client.close()
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def parse_write_concern(value: str | int) -> int | str:
+    """``w`` from the command line: a number of members >= 0, or ``majority``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    if value == "majority":
+        return value
+    raise ImporterError(f"write concern must be a number of members (0, 1, 2, ...) or "
+                        f"'majority', not {value!r}")
+
+
+def check_write_concern(client: pymongo.MongoClient, w: int | str) -> None:
+    """Refuse a ``w`` the server can never satisfy, before anything is written.
+
+    A standalone server (the embedded one among them) has one member; a
+    replica set as many as it lists.  Asking for more stores every document
+    and then fails every write.
+    """
+    w = parse_write_concern(w)
+    if not isinstance(w, int) or w <= 1:
+        return
+    hello = client.admin.command("hello")
+    if hello.get("msg") == "isdbgrid":
+        return  # mongos: the shards' replica sets decide
+    members = len(hello.get("hosts", [])) + len(hello.get("passives", []))
+    if not hello.get("setName"):
+        raise ImporterError(f"write concern {w} needs a replica set of {w} members; the server is "
+                            f"a standalone (use 1 or majority)")
+    if w > members:
+        raise ImporterError(f"write concern {w} needs {w} members; the replica set "
+                            f"{hello['setName']} has {members}")
+
+
+class _Sink:
+    """The hook's sink, if any: its failures become a failed entry of the summary, never a crash."""
+
+    NAME = "(aggregates)"
+
+    def __init__(self, sink: Any, summary: ImportSummary):
+        self.sink = sink
+        self.summary = summary
+
+    def add(self, chunk: ChunkResult) -> None:
+        if self.sink is not None and chunk.hook_output is not None:
+            self._call(self.sink.add, chunk.hook_output)
+            chunk.hook_output = None
+
+    def close(self) -> None:
+        if self.sink is not None:
+            stats = self._call(self.sink.close)
+            for key, n in (stats or {}).items():
+                self.summary.hook_stats[key] = self.summary.hook_stats.get(key, 0) + n
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (PyMongoError, ImporterError) as e:
+            self.summary.failed.append((self.NAME, f"{self.NAME}: {type(e).__name__}: {e}"))
+            self.sink = None  # what it held is applied by the next run
+            return None
 
 
 def default_workers(url: str) -> int:
@@ -376,7 +446,7 @@ def import_files(
         if done:
             imports.bulk_write(done, ordered=False)
         if hook is not None:
-            chunk.hook_stats = hook.finish(zip(files, chunk.files))
+            chunk.hook_output, chunk.hook_stats = hook.finish(zip(files, chunk.files))
     except (PyMongoError, ImporterError) as e:
         message = f"{type(e).__name__}: {e}"
         for r in chunk.files:
@@ -479,7 +549,9 @@ def _read_file(
             writer.add(kind, doc, len(json_text))
     except LayoutError as e:
         result.error = str(e)
-    result.records = stats.records
+    # Every line read is a record, well-formed or not, so that records = inserted +
+    # duplicates + bad records.
+    result.records = stats.records + stats.bad_lines
     result.bad_records += stats.bad_lines
     for example in stats.bad_examples:
         writer.example(f"bad line {example}")
@@ -493,12 +565,14 @@ class _Written:
     duplicates: int = 0
     rejected: int = 0
     examples: list[str] = field(default_factory=list)
+    error: str | None = None  # written, but the write concern was not satisfied
 
     def add(self, other: "_Written") -> "_Written":
         self.inserted += other.inserted
         self.duplicates += other.duplicates
         self.rejected += other.rejected
         self.examples += other.examples
+        self.error = self.error or other.error
         return self
 
 
@@ -556,6 +630,10 @@ class _Writer:
         self.chunk.rejected += written.rejected
         for text in written.examples:
             self.example(text)
+        if written.error:
+            # The documents are stored (and counted), but not as durably as asked: the
+            # files stay unfinished, and a rerun writes them again with replacing upserts.
+            raise ImporterError(written.error)
 
     def example(self, text: str) -> None:
         if len(self.chunk.examples) < 5:
@@ -590,9 +668,8 @@ class _Writer:
                 f"record {w.get('op', {}).get('_id', '?')}: {w.get('errmsg')}" for w in other[:3]
             ]
             if details.get("writeConcernErrors"):
-                raise ImporterError(
-                    f"write concern not satisfied: {details['writeConcernErrors'][0]}"
-                ) from None
+                first = details["writeConcernErrors"][0]
+                out.error = f"write concern not satisfied: {first.get('errmsg', first)}"
         except DocumentTooLarge:
             if len(docs) == 1:
                 return _Written(
@@ -611,16 +688,27 @@ def _now() -> datetime:
 
 
 _worker_db_client: pymongo.MongoClient | None = None
+_worker_error: MongoUnavailable | None = None
 
 
 def _init_worker(url: str, timeout_ms: int) -> None:
-    """Each worker process opens its own client once (clients do not survive a fork or pickling)."""
-    global _worker_db_client
-    _worker_db_client = connect(url, timeout_ms)
+    """Each worker process opens its own client once (clients do not survive a fork or pickling).
+
+    A server that cannot be reached is remembered and raised by the first
+    task: raised here, it would break the pool, and the user would read that
+    a worker died instead of which server is down.
+    """
+    global _worker_db_client, _worker_error
+    try:
+        _worker_db_client = connect(url, timeout_ms)
+    except MongoUnavailable as e:
+        _worker_error = e
 
 
 def _import_in_worker(
     files: list[LayoutFile], names: list[str], options: ImportOptions
 ) -> ChunkResult:
+    if _worker_error is not None:
+        raise _worker_error
     assert _worker_db_client is not None
     return import_files(_worker_db_client[options.database], files, names, options)

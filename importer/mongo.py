@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import signal
 import socket
@@ -354,14 +355,23 @@ def _valid(url: str) -> bool:
     return True
 
 
+# credentials: the longest prefix ending in an '@' that is followed by hosts (no '@', no '/')
+_CREDENTIALS = re.compile(r"(?P<creds>[^?]*)@[^@/?]*(?:[/?]|$)", re.S)
+
+
 def redact(url: str) -> str:
-    """The URI without its password, for messages."""
+    """The URI without its password, for messages.
+
+    Everything up to the last ``@`` before the hosts counts as credentials, so
+    a password holding an unescaped ``/`` or ``@`` (a URI pymongo refuses,
+    and then quotes) is hidden too.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest.split("/", 1)[0]:
+    m = _CREDENTIALS.match(rest) if sep else None
+    if m is None:
         return url
-    creds, _, hosts = rest.partition("@")
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{hosts}"
+    user = m.group("creds").split(":", 1)[0].split("/", 1)[0]
+    return f"{scheme}://{user}:***@{rest[m.end('creds') + 1:]}"
 
 
 def _write_pid_file(path: Path, server: EmbeddedServer) -> None:

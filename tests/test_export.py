@@ -373,3 +373,27 @@ def test_throttling_is_retried(s3, s3_endpoint, layout, request_attempts):
     assert len(front.throttled) == len(files)  # every file was throttled once
     assert summary.retries == (len(files) if request_attempts == 1 else 0)
     assert bucket_objects(s3) == files
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bucket", "b", "--endpoint-url", "notaurl"], "endpoint URL must be http://HOST"),
+    (["--bucket", "Bad_Bucket!"], "bucket name 'Bad_Bucket!' is not valid"),
+])
+def test_bad_endpoint_or_bucket_name_is_one_line(tmp_path, args, message):
+    result = CliRunner().invoke(export, [str(tmp_path), *args])
+    assert result.exit_code == 2 and message in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error")] == [
+        result.output.strip().splitlines()[-1]]  # one line, not boto's regular expressions
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_mapreduce_checks_the_bucket_and_endpoint_too(tmp_path, fixtures_dir):
+    from mapreduce.errors import ConfigError
+    from mapreduce.job import JobConfig, run_job
+
+    examples = Path(__file__).resolve().parent.parent / "mapreduce" / "examples"
+    config = JobConfig(job_script=examples / "os_distribution.py", data_dir=fixtures_dir,
+                       work_dir=tmp_path / "w", output=tmp_path / "o", bucket="b",
+                       endpoint_url="notaurl", input_filter=examples / "filter_all.json")
+    with pytest.raises(ConfigError, match="endpoint URL must be"):
+        run_job(config)

@@ -311,3 +311,103 @@ def test_stopped_receiver_is_a_clear_error_and_non_zero_exit(receiver):
     assert any(line.startswith("stopped: no response from") and "after 3 attempts" in line for line in err)
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert "failed" in result.stdout and "submissions not sent" in result.stderr
+
+
+def test_cli_histograms_then_process_converts_everything(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["simulate", "--pings", "30", "--seed", "3", "--raw-log", str(tmp_path / "raw"),
+                                  "--histograms", str(tmp_path / "hg"), "--scenario", str(_clean_file(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "4 Histograms.json revisions laid out" in result.output
+    result = runner.invoke(main, ["process", str(tmp_path / "raw"), "--output", str(tmp_path / "layout"),
+                                  "--histogram-cache", str(tmp_path / "hg"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "records: 30 read, 30 written, 0 rejected" in result.output
+
+
+def _clean_file(tmp_path: Path) -> Path:
+    path = tmp_path / "clean.json"
+    path.write_text('{"effects": {"malformed": false}}')
+    return path
+
+
+@pytest.fixture
+def flaky_server():
+    """A server that answers 503 to the first three POSTs, then 200; yields (url, paths seen)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str, int]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, len(body)))
+            code = 503 if len(seen) <= 3 else 200
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_5xx_is_retried_with_backoff(flaky_server):
+    from fleet.sender import SendConfig, send
+
+    url, seen = flaky_server
+    subs = list(Fleet(4, seed=1, scenario=CLEAN).submissions())
+    summary = send(subs, SendConfig(url, concurrency=1, retries=3, backoff=0.05))
+    assert summary.ok and summary.accepted == 4 and summary.retries == 3
+    assert summary.seconds >= 0.05 * 0.9   # at least one backoff wait (others may overlap it)
+    assert len(seen) == 7 and {p for p, _ in seen} == {"/submit/telemetry/" + s.path for s in subs}
+
+
+def test_a_submission_unpacks_as_four_fields():
+    scenario = replace(Scenario(), malformed=replace(Scenario().malformed, fraction=0.5))
+    subs = list(Fleet(10, seed=1, scenario=scenario).submissions())
+    for path, body, timestamp_ms, client_ip in subs:
+        assert body[:2] == b"\x1f\x8b" and isinstance(timestamp_ms, int) and path.count("/") == 5
+    kinds = [s.malformed for s in subs]
+    assert None in kinds and set(kinds) - {None} <= set(MALFORMED_REASON)
+
+
+def test_the_aggregates_model_sees_the_effects(tmp_path, hg):
+    """SPEC section 7 as computed downstream: every ping lands in cells, the regression shows by build."""
+    from aggregations.aggregates import Aggregate, Definitions
+    from converter.revisions import RevisionCache
+
+    scenario = Scenario.from_dict({"pings_per_client_day": 0.5, "histograms_per_ping": 20,
+                                   "channels": {"nightly": 0.5}, "effects": {"malformed": False}})
+    fleet = Fleet(400, seed=4, scenario=scenario)
+    write_raw_logs(fleet.submissions(), tmp_path / "raw")
+    convert(tmp_path / "raw", tmp_path, hg)
+    aggregate, definitions = Aggregate(), Definitions(RevisionCache(hg, None))
+    names = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID", "submission_date"]
+    for f in find_layout_files(tmp_path / "layout", include_plain=False):
+        for _, _, text in read_layout_file(f.path):
+            assert aggregate.add_ping(orjson.loads(text), dict(zip(names, f.dimensions)), definitions)
+    assert dict(aggregate.stats) == {"pings": 400}        # nothing left out
+    options = aggregate.options()
+    assert set(options) == {(c, CHANNELS[c].major) for c in CHANNELS}
+    assert any(o.startswith("Windows_NT,") for o in options[("release", "23")]["os"])
+    assert "SIMPLE_MEASURES_FIRSTPAINT" in options[("release", "23")]["metric"]
+    before, after = [0, 0], [0, 0]      # [sum, samples] of GC_MS on nightly by build date
+    for (by, channel, version, date, metric), rows in aggregate.data.items():
+        if (by, channel, metric) == ("build_id", "nightly", "GC_MS"):
+            side = after if date >= fleet.regression_build[:8] else before
+            for histogram, total, count in rows.values():
+                side[0] += total
+                side[1] += sum(histogram)
+    ratio = (after[0] / after[1]) / (before[0] / before[1])
+    assert 1.15 <= ratio <= 1.45, ratio

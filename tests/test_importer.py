@@ -172,6 +172,7 @@ def test_bad_lines_are_counted_not_fatal(tmp_path, mongo_url, mongo_db):
     path.write_text('a\t{"ver":2}\nno tab here\nb\tnot json\nc\t[1,2]\n')
     summary = import_dataset(tmp_path, mongo_url, _options(mongo_db))
     assert summary.ok and summary.inserted == 2 and summary.bad_records == 2
+    assert summary.records == 4 == summary.inserted + summary.duplicates + summary.bad_records
     assert mongo_db.payloads.find_one({"_id": "c"})["payload"] == [1, 2]
 
 
@@ -369,6 +370,25 @@ def test_an_insert_ends_at_the_byte_limit(generated, mongo_url, mongo_db):
     assert sum(t >= 100_000 for t in totals) >= len(totals) - 1 > 5
 
 
+def test_worker_that_cannot_reach_the_server_says_so(tmp_path):
+    """Found by bench/chaos.py (the server SIGKILLed mid-import): a worker started after the
+    server died broke the pool with a traceback, and the user read "a worker process died"."""
+    import socket
+
+    from importer import importer as imp
+    from importer.errors import MongoUnavailable
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"mongodb://127.0.0.1:{s.getsockname()[1]}/"
+    try:
+        imp._init_worker(dead, 300)  # must not raise: that would break the pool
+        with pytest.raises(MongoUnavailable, match="cannot reach MongoDB at mongodb://127.0.0.1"):
+            imp._import_in_worker([], ["reason"], ImportOptions())
+    finally:
+        imp._worker_error = imp._worker_db_client = None
+
+
 def test_a_dropped_collection_is_imported_again_not_trusted_to_the_bookkeeping(
     tmp_path, mongo_url, mongo_db
 ):
@@ -392,3 +412,54 @@ def test_a_filter_naming_another_dimension_is_refused(tmp_path, fixtures_dir):
                                           "--mongo-url", "mongodb://127.0.0.1:1/"])
     assert result.exit_code == 2
     assert "filter dimension 2 is 'appname' but the schema's is 'appName'" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-d", "bad.db$x"], "is not a MongoDB database name"),
+    (["-c", ""], "is not a MongoDB collection name"),
+    (["-c", "system.foo"], "system.* collections are MongoDB's own"),
+])
+def test_bad_database_or_collection_names_are_usage_errors(tmp_path, args, message):
+    from aggregations.cli import aggregate
+
+    for command, first in ((import_, [str(tmp_path)]), (aggregate, ["os_distribution"])):
+        result = CliRunner().invoke(command, [*first, *args, "--mongo-url", "mongodb://127.0.0.1:1/"])
+        assert result.exit_code == 2 and message in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_write_concern_is_checked_before_anything_is_written(tmp_path, mongo_url, mongo_db):
+    write_layout(tmp_path, make_records(10, seed=3))
+    result = CliRunner().invoke(import_, [str(tmp_path), "-d", mongo_db.name,
+                                          "--write-concern", "banana", "--mongo-url", mongo_url])
+    assert result.exit_code == 2 and "number of members" in result.output
+    result = CliRunner().invoke(import_, [str(tmp_path), "-d", mongo_db.name,
+                                          "--write-concern", "5", "--mongo-url", mongo_url])
+    assert result.exit_code == 1
+    assert "write concern 5 needs a replica set of 5 members; the server is a standalone" \
+        in result.output
+    assert mongo_db.payloads.count_documents({}) == 0
+
+
+def test_stored_documents_are_counted_when_the_write_concern_fails(tmp_path, mongo_url, mongo_db,
+                                                                   monkeypatch):
+    from pymongo.collection import Collection
+    from pymongo.errors import BulkWriteError
+
+    write_layout(tmp_path, make_records(30, seed=9))
+    real = Collection.insert_many
+
+    def stored_but_not_replicated(self, docs, *args, **kwargs):
+        real(self, docs, *args, **kwargs)
+        raise BulkWriteError({"nInserted": len(docs), "writeErrors": [], "writeConcernErrors": [
+            {"code": 64, "errmsg": "waiting for replication timed out"}]})
+
+    monkeypatch.setattr(Collection, "insert_many", stored_but_not_replicated)
+    first = import_dataset(tmp_path, mongo_url, _options(mongo_db))
+    stored = mongo_db.payloads.count_documents({})
+    assert stored == 30 and first.inserted == stored  # what is stored is counted
+    assert not first.ok and all("waiting for replication" in e for _, e in first.failed)
+    monkeypatch.setattr(Collection, "insert_many", real)
+    second = import_dataset(tmp_path, mongo_url, _options(mongo_db))  # the files were not done
+    assert second.ok and second.files_skipped == 0 and second.duplicates == 0
+    assert mongo_db.payloads.count_documents({}) == 30

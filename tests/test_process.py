@@ -271,6 +271,12 @@ def test_default_schema_is_the_packaged_original(tmp_path, fixtures_dir):
      "memory_constraint"),
     ({"telemetry_schema": "s"}, "output"),
     ([1], "object"),
+    # Found by bench/fuzz.py: a wrong type reached a set lookup or Path() and raised TypeError.
+    ({"storage_path": "o", "codec": ["zst"]}, "codec must be a string"),
+    ({"storage_path": ["o"]}, "storage_path must be a string"),
+    ({"storage_path": "o", "histogram_server": {"url": 1}}, "histogram_server"),
+    ({"storage_path": "o", "dedup": "yes"}, "dedup"),
+    ({"storage_path": "o", "failure_ttl": None}, "failure_ttl"),
 ])
 def test_bad_config(data, words):
     with pytest.raises(ConfigError, match=words):
@@ -447,3 +453,25 @@ def test_unreachable_histogram_server_is_an_error_with_its_cause(tmp_path, fixtu
             "--schema", str(fixtures_dir / "telemetry_schema.json")])
     assert retried.exit_code == 0, retried.output
     assert "1 read, 1 written" in retried.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--level", "99"], "--level) for zst must be -131072..22, not 99"),
+    (["--level", "10", "--codec", "lzma"], "--level) for lzma must be 0..9, not 10"),
+])
+def test_bad_compression_level_is_one_line(tmp_path, fixture_raw, extra, message):
+    result = CliRunner().invoke(process_command, [str(fixture_raw), "--output",
+                                                  str(tmp_path / "L"), *extra])
+    assert result.exit_code == 2 and message in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_histogram_server_on_a_busy_port_says_so(hist_dir):
+    from converter.cli import histogram_server_command
+
+    with serve_histograms(hist_dir) as busy:
+        port = busy.url.rsplit(":", 1)[1].strip("/")
+        result = CliRunner().invoke(histogram_server_command,
+                                    ["--dir", str(hist_dir), "--port", port])
+    assert result.exit_code == 1
+    assert f"Error: cannot listen on 127.0.0.1:{port}: Address already in use" in result.output

@@ -9,7 +9,9 @@ front end; everywhere else they must answer alike.
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import resource
 import socket
 import time
 
@@ -141,6 +143,8 @@ SMUGGLING = [
      b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, 400),
     ("chunked", b"POST /submit/telemetry/s8 HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"5\r\nhello\r\n0\r\n\r\n", 411, 411),
+    ("repeated Transfer-Encoding", b"POST /submit/telemetry/s18 HTTP/1.1\r\n"
+     b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, 400),
     ("other coding", b"POST /submit/telemetry/s9 HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
      411, 411),
     ("NUL in a header", b"POST /submit/telemetry/s10 HTTP/1.1\r\nX-A: a\x00b\r\n"
@@ -212,7 +216,18 @@ def test_known_methods_are_the_ones_llhttp_accepts():
 
 # --- slow and idle clients ------------------------------------------------------------
 
+def _allow_open_files(n: int) -> None:
+    """1,000 client sockets need more than a default soft limit of 1024 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        if hard != resource.RLIM_INFINITY and hard < n and os.geteuid() == 0:
+            hard = n  # root may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY
+                                                    else min(n, hard), hard))
+
+
 def test_slowloris_does_not_stop_a_normal_client(receiver):
+    _allow_open_files(4096)
     slow = []
     try:
         for i in range(1000):
@@ -363,3 +378,13 @@ def test_head_answers_like_get_without_a_body(receiver, path, code):
         assert conn.getresponse().read() == b"OK"
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("front", ["fast", "tornado"])
+def test_standard_asyncio_loop_still_works(tmp_path, front):
+    config = ReceiverConfig(port=0, workers=1, log_path=str(tmp_path / "logs"), motd="",
+                            http_server=front, event_loop="asyncio")
+    with start_receiver(config) as r:
+        codes, closed, _ = exchange(r, post(b"on-asyncio", b"body") + CLOSE)
+        assert (codes, closed) == ([200, 200], True)
+    assert [rec.data for rec in stored(r) if rec.path == "on-asyncio"] == [b"body"]

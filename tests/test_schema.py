@@ -28,6 +28,12 @@ def test_allowed_values(value, allowed, expected):
     {"dimensions": []},
     {"dimensions": [{"allowed_values": "*"}]},
     {"dimensions": [{"field_name": "reason", "allowed_values": 5}]},
+    # Found by bench/fuzz.py: these raised ValueError/TypeError instead of SchemaError.
+    {"version": "$where", "dimensions": [{"field_name": "reason"}]},
+    {"version": [1], "dimensions": [{"field_name": "reason"}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": [{"$where": "1"}]}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"min": "a", "$gt": ""}}]},
+    {"dimensions": [{"field_name": "reason", "allowed_values": {"min": {"$ne": 1}}}]},
     # operator documents and other shapes the SPEC does not have (they matched everything)
     {"dimensions": [{"field_name": "reason", "allowed_values": {"$ne": "x"}}]},
     {"dimensions": [{"field_name": "reason", "allowed_values": {"$regex": ".*"}}]},
@@ -88,3 +94,11 @@ def test_filter_values_are_compared_cleaned(fixtures_dir):
     found = find_layout_files(fixtures_dir / "converted", Schema(spec))
     assert [f.dimensions for f in found] == [
         ["saved_session", "Firefox", "nightly", "28.0a1", "20131029030201", "20131029"]]
+
+
+def test_open_range_stays_open_in_the_path_filter():
+    from converter.layout import path_filter
+
+    f = Schema({"dimensions": [{"field_name": "appVersion", "allowed_values": {"min": "23", "max": None}}]})
+    assert path_filter(f).dimensions[0].allowed_values == {"min": "23", "max": None}
+    assert path_filter(f).allows(["99"])  # compared with "None" before
