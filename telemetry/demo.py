@@ -213,15 +213,17 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
+@click.option("--workdir", "--work-dir", "workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
               help="Where everything is written: a new or empty directory, or one an earlier demo "
                    "made (emptied first).")
 @click.option("--records", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="How many simulated submissions to post.")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Receiver and converter worker processes.")
 @click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
               help="Use this MongoDB instead of a throwaway embedded server.")
-@click.option("--replay/--no-replay", default=True, show_default=True)
+@click.option("--replay/--no-replay", default=True, show_default=True,
+              help="Finally replay everything received into a second receiver and compare.")
 @click.option("--serve", is_flag=True,
               help="Run the live pipeline (telemetry pipeline) with simulated traffic until Ctrl-C.")
 @click.option("--rate", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,

@@ -9,7 +9,9 @@ front end; everywhere else they must answer alike.
 from __future__ import annotations
 
 import http.client
+import os
 import re
+import resource
 import socket
 import time
 
@@ -214,7 +216,18 @@ def test_known_methods_are_the_ones_llhttp_accepts():
 
 # --- slow and idle clients ------------------------------------------------------------
 
+def _allow_open_files(n: int) -> None:
+    """1,000 client sockets need more than a default soft limit of 1024 files."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < n:
+        if hard != resource.RLIM_INFINITY and hard < n and os.geteuid() == 0:
+            hard = n  # root may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n if hard == resource.RLIM_INFINITY
+                                                    else min(n, hard), hard))
+
+
 def test_slowloris_does_not_stop_a_normal_client(receiver):
+    _allow_open_files(4096)
     slow = []
     try:
         for i in range(1000):
