@@ -170,6 +170,9 @@ class Target:
     def make(self, rng: random.Random) -> Any:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """Stop what ``setup`` started."""
+
     def check(self, value: Any) -> str | None:
         """Feed one input; return the error class name when it was refused (or None)."""
         raise NotImplementedError
@@ -439,6 +442,128 @@ class ConfigTarget(Target):
         return None
 
 
+class ApiTarget(Target):
+    """The aggregates API (dashboard/): query strings and paths mutated from real queries.
+
+    A real service on loopback over the embedded MongoDB, holding aggregates
+    of the pings tests/aggregate_pings.py makes (a private ``beta`` channel
+    among them).  Every answer must be one of the documented statuses with a
+    JSON ``{"code", "description"}`` body on errors, never a 500, and never
+    beta's data without the token.
+    """
+
+    name = "api"
+    STATUSES = {200, 304, 400, 403, 404, 405}
+    QUERIES = [
+        "/aggregates_by/build_id/channels/",
+        "/aggregates_by/submission_date/channels/nightly/dates/",
+        "/filters/?channel=nightly&version=45",
+        "/aggregates_by/build_id/channels/nightly/?version=45&dates=20151201,20151202&metric=GC_MS",
+        "/aggregates_by/submission_date/channels/nightly/?version=45&dates=20151201"
+        "&metric=KEYED_EXP&label=a&os=Windows_NT&osVersion=6.1&application=Firefox",
+        "/aggregates_by/build_id/channels/beta/?version=44&dates=20151201&metric=AN_ENUM",
+        "/aggregates_by/build_id/channels/nightly/?version=45&dates=20151201&metric=A_COUNT"
+        "&child=content&architecture=x86",
+    ]
+
+    def setup(self, work: Path) -> None:
+        import http.client
+        import uuid
+
+        import pymongo
+
+        sys.path.insert(1, str(ROOT / "tests"))
+        import aggregate_pings as ap
+
+        from aggregations.aggregates import Aggregate, Definitions
+        from aggregations.store import Store
+        from converter.revisions import RevisionCache
+        from dashboard.config import DashboardConfig
+        from dashboard.testing import ServiceThread
+        from importer.mongo import start_embedded
+
+        import logging
+
+        for name in ("tornado.access", "tornado.general", "tornado.application"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # a log line per 4xx otherwise
+        self.mongo = start_embedded(work / "mongo", storage_path=":memory:", detach=False,
+                                    pid_file=False)
+        db = f"fuzz_{uuid.uuid4().hex[:8]}"
+        defs = Definitions(RevisionCache(ap.write_revisions(work / "hist"), None))
+        agg = Aggregate()
+        names = ["reason", "appName", "appUpdateChannel", "appVersion", "appBuildID",
+                 "submission_date"]
+        for _, dims, payload in ap.make_pings(60, seed=7):
+            agg.add_ping(payload, dict(zip(names, dims)), defs)
+        client = pymongo.MongoClient(self.mongo.url)
+        Store(client[db]).apply_files({"all": (agg, {"channel": "", "version": ""})})
+        client.close()
+        tokens = work / "tokens.txt"
+        tokens.write_text("fuzz-token\n")
+        self.service = ServiceThread(DashboardConfig(database=db, private_channels=("beta",),
+                                                     tokens_file=str(tokens)), self.mongo.url)
+        self.service.__enter__()
+        host, port = self.service.url.rsplit("/", 1)[-1].split(":")
+        self.conn_args = (host, int(port))
+        self.conn = http.client.HTTPConnection(*self.conn_args, timeout=30)
+
+    def close(self) -> None:
+        self.conn.close()
+        self.service.__exit__(None, None, None)
+        self.mongo.stop()
+
+    def make(self, rng):
+        from urllib.parse import quote
+
+        base = rng.choice(self.QUERIES)
+        if rng.random() < 0.5:  # structured: parameters replaced, repeated, dropped, added
+            path, _, query = base.partition("?")
+            params = [p.partition("=")[::2] for p in query.split("&") if p]
+            for _ in range(rng.randint(1, 3)):
+                op = rng.randrange(4)
+                if op == 0 and params:
+                    i = rng.randrange(len(params))
+                    params[i] = (params[i][0], rng.choice(INTERESTING_STRINGS + [
+                        ",".join(["20151201"] * rng.randint(0, 400)), "45" * 50, "-1"]))
+                elif op == 1 and params:
+                    params.pop(rng.randrange(len(params)))
+                elif op == 2:
+                    params.append((rng.choice(["version", "dates", "metric", "label", "os", "x",
+                                               "channel", ""]), rng.choice(INTERESTING_STRINGS)))
+                elif params:
+                    params.append(rng.choice(params))
+            query = "&".join(f"{quote(k, safe='')}={quote(v, safe=',')}" for k, v in params)
+            return f"{path}?{query}" if query else path
+        data = mutate_bytes(base.encode(), rng)
+        # what a client can put on a request line: escape what http.client would refuse
+        return "/" + "".join(chr(b) if 0x21 <= b < 0x7f else f"%{b:02X}" for b in data.lstrip(b"/"))
+
+    def check(self, path):
+        import http.client
+
+        for attempt in range(2):
+            try:
+                self.conn.request("GET", path)
+                r = self.conn.getresponse()
+                body = r.read()
+                break
+            except (OSError, http.client.HTTPException):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection(*self.conn_args, timeout=30)
+                if attempt:
+                    raise
+        if r.status not in self.STATUSES:
+            raise Crash(f"status {r.status} for {path!r}: {body[:200]!r}")
+        if r.status == 200 and "/beta/" in path.split("?")[0] and b'"data"' in body:
+            raise Crash(f"private data without a token for {path!r}")
+        if r.status >= 400:
+            doc = orjson.loads(body)
+            if doc.get("code") != r.status or not doc.get("description"):
+                raise Crash(f"error without a reason for {path!r}: {body[:200]!r}")
+            return f"HTTP {r.status}"
+        return None
+
+
 def _classified(e: BaseException) -> str:
     if not str(e).strip():
         raise Crash(f"{type(e).__name__} without a message")
@@ -446,7 +571,7 @@ def _classified(e: BaseException) -> str:
 
 
 TARGETS: list[type[Target]] = [RawLogTarget, ConversionTarget, LayoutTarget, SchemaTarget,
-                               ConfigTarget]
+                               ConfigTarget, ApiTarget]
 
 
 # --- runner ------------------------------------------------------------------------------
@@ -497,8 +622,11 @@ def main(argv: list[str] | None = None) -> int:
             work.mkdir()
             target = cls()
             target.setup(work)
-            r = fuzz(target, args.n, args.seed,
-                     args.max_minutes * 60 if args.max_minutes else None)
+            try:
+                r = fuzz(target, args.n, args.seed,
+                         args.max_minutes * 60 if args.max_minutes else None)
+            finally:
+                target.close()
             total_crashes += len(r["crashes"])
             top = ", ".join(f"{k} {v}" for k, v in r["refused"].most_common(4))
             print(f"| {r['target']} | {r['inputs']} | {r['accepted']} | "

@@ -62,7 +62,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_index_lists_the_endpoints(service):
-    r = get(service, "/")
+    r = get(service, "/api/")
     assert r.status_code == 200
     assert "/aggregates_by/" in r.text and "/filters/" in r.text
 

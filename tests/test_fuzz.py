@@ -17,14 +17,18 @@ spec = importlib.util.spec_from_file_location("bench_fuzz", BENCH)
 fuzz = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(fuzz)
 
-INPUTS = {"rawlog": 300, "conversion": 250, "layout": 300, "schema": 1500, "config": 400}
+INPUTS = {"rawlog": 300, "conversion": 250, "layout": 300, "schema": 1500, "config": 400,
+          "api": 60}
 
 
 @pytest.mark.parametrize("target", fuzz.TARGETS, ids=lambda t: t.name)
 def test_no_input_crashes(target, tmp_path):
     t = target()
     t.setup(tmp_path)
-    result = fuzz.fuzz(t, INPUTS[t.name], seed=0)
+    try:
+        result = fuzz.fuzz(t, INPUTS[t.name], seed=0)
+    finally:
+        t.close()
     assert not result["crashes"], result["crashes"][0]
     # The mutations reach both sides: some inputs are accepted, some refused for a reason.
     assert result["accepted"] and sum(result["refused"].values()), result
