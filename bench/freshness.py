@@ -206,6 +206,7 @@ def main() -> int:
     target = args.rotation_age_ms / 1000 + 5
     print(f"posted {posted} pings ({rate:.0f}/s achieved), {traffic.acked} acknowledged, "
           f"{traffic.failed} refused or failed; {len(batches)} batches of {args.batch}")
+    print(f"{len(delays)} of {len(batches)} batches visible within --settle; percentiles over those")
     print(f"POST -> visible ({args.visible}), per batch from its first POST: "
           f"p50 {percentile(delays, 50):.2f} s, p95 {percentile(delays, 95):.2f} s, "
           f"max {max(delays, default=float('nan')):.2f} s")
