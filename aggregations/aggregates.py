@@ -28,6 +28,7 @@ import html
 import time
 from bisect import bisect_right
 from collections import Counter
+from itertools import compress
 from dataclasses import dataclass, field
 from operator import add
 from typing import Any, Iterator, Mapping, Protocol
@@ -79,6 +80,10 @@ class MetricDefinition:
     bounds: tuple[int, ...]  # numeric lower bounds, for placing values
     index: dict[int, int] = field(compare=False, repr=False, default_factory=dict)
 
+    @property
+    def size(self) -> int:
+        return len(self.bounds)
+
     @classmethod
     def make(cls, kind: str, bounds: tuple[int, ...], description: str = "",
              labels: tuple[str, ...] = ()) -> "MetricDefinition":
@@ -112,6 +117,7 @@ class Definitions:
         self._revisions: dict[str, Histograms] = {}
         self._missing: dict[str, float] = {}
         self._defs: dict[tuple[str, str], MetricDefinition | None] = {}
+        self._by_revision: dict[str, dict[str, MetricDefinition | None]] = {}
 
     def get(self, revision: str, name: str) -> MetricDefinition | None:
         """The definition of histogram ``name`` in ``revision``; None when unknown or unusable."""
@@ -131,7 +137,18 @@ class Definitions:
             definition = MetricDefinition.make(
                 d.kind, d.buckets, html.escape(histograms.description(name)), d.labels)
         self._defs[key] = definition
+        self.of_revision(revision)[name] = definition
         return definition
+
+    def of_revision(self, revision: str) -> dict[str, MetricDefinition | None]:
+        """The definitions of ``revision`` looked up so far, by name (a read-only view).
+
+        The model reads it first and calls :meth:`get` for names not in it.
+        """
+        found = self._by_revision.get(revision)
+        if found is None:
+            found = self._by_revision[revision] = {}
+        return found
 
     def _revision(self, revision: str) -> Histograms | None:
         found = self._revisions.get(revision)
@@ -160,6 +177,17 @@ def major_version(app_version: str) -> str | None:
             break
         digits += ch
     return digits or None
+
+
+_SLOTS: dict[int, list[int]] = {}
+
+
+def _slots(n: int) -> list[int]:
+    """``list(range(n))``, made once per length (never changed: it is shared)."""
+    found = _SLOTS.get(n)
+    if found is None:
+        found = _SLOTS[n] = list(range(n))
+    return found
 
 
 def _number(value: Any) -> bool:
@@ -246,8 +274,9 @@ class Aggregate:
             os_version = os_version[:3]
 
         # One ping's metrics, summed over its payloads first so that it counts once per cell.
-        ping: dict[tuple, list] = {}  # (child, metric, label, layout) -> [histogram, sum]
-        defs: dict[tuple[str, str], MetricDefinition] = {}
+        # (child, metric, label, layout) -> [histogram, sum, slots that may be non-zero
+        # (None: any), definition]
+        ping: dict[tuple, list] = {}
         revision = revision if isinstance(revision, str) and revision else None
         for child, histograms, keyed in _histogram_sections(body, unified):
             if revision is None:
@@ -255,59 +284,114 @@ class Aggregate:
                     stats["histograms_without_revision"] += 1
                 continue
             if isinstance(histograms, dict):
-                for name, value in histograms.items():
-                    self._histogram(ping, defs, definitions, revision, child, name, "", value)
+                self._histograms(ping, definitions, revision, child, histograms, None)
             if isinstance(keyed, dict):
                 for name, by_key in keyed.items():
                     if not isinstance(by_key, dict):
                         stats["bad_keyed_histogram"] += 1
                         continue
-                    for label, value in by_key.items():
-                        self._histogram(ping, defs, definitions, revision, child, name, label,
-                                        value)
+                    self._histograms(ping, definitions, revision, child, by_key, name)
         simple = body.get("simpleMeasurements")
         if isinstance(simple, dict):
             for name, value in _flatten(simple, SIMPLE_PREFIX[:-1]):
-                self._value(ping, defs, SIMPLE_DEFINITION, PARENT, name, "", value)
+                self._value(ping, SIMPLE_DEFINITION, PARENT, name, "", value)
         if unified:
             for child, scalars, keyed in _scalar_sections(body):
                 if isinstance(scalars, dict):
                     for name, value in scalars.items():
-                        self._value(ping, defs, COUNT_DEFINITION, child,
+                        self._value(ping, COUNT_DEFINITION, child,
                                     SCALAR_PREFIX + str(name).upper(), "", value)
                 if isinstance(keyed, dict):
                     for name, by_key in keyed.items():
                         if isinstance(by_key, dict):
                             metric = SCALAR_PREFIX + str(name).upper()
                             for label, value in by_key.items():
-                                self._value(ping, defs, COUNT_DEFINITION, child, metric,
+                                self._value(ping, COUNT_DEFINITION, child, metric,
                                             str(label).upper(), value)
 
         stats["pings"] += 1
         data, definitions_out = self.data, self.definitions
-        for (child, metric, label, layout), (histogram, total) in ping.items():
+        for (child, metric, label, layout), (histogram, total, nonzero, d) in ping.items():
             row = (application, arch, os_name, os_version, child, label, layout)
+            owned = True  # the ping's list may become one cell; the others copy it
             for by, date in dates:
-                rows = data.get((by, channel, version, date, metric))
+                key = (by, channel, version, date, metric)
+                rows = data.get(key)
                 if rows is None:
-                    rows = data[(by, channel, version, date, metric)] = {}
+                    rows = data[key] = {}
                 cell = rows.get(row)
                 if cell is None:
-                    rows[row] = [list(histogram), total, 1]
-                else:
+                    rows[row] = [histogram if owned else list(histogram), total, 1]
+                    owned = False
+                    continue
+                if nonzero is None:
                     cell[0] = list(map(add, cell[0], histogram))
-                    cell[1] += total
-                    cell[2] += 1
-        for (metric, layout), d in defs.items():
-            known = definitions_out.setdefault((channel, version, metric), {})
+                else:  # only the slots that may be non-zero: the others hold the int 0
+                    into = cell[0]
+                    for i in nonzero:
+                        into[i] += histogram[i]
+                cell[1] += total
+                cell[2] += 1
+            known = definitions_out.get((channel, version, metric))
+            if known is None:
+                known = definitions_out[(channel, version, metric)] = {}
             old = known.get(layout)
             if old is None or old[3] < build:
                 known[layout] = (d.kind, d.buckets, d.description, build)
         return True
 
-    def _histogram(self, ping, defs, definitions: Definitions, revision: str, child: str,
-                   name: str, label: str, value: Any) -> None:
-        d = definitions.get(revision, name)
+    def _histograms(self, ping: dict, definitions: Definitions, revision: str, child: str,
+                    histograms: dict, keyed: str | None) -> None:
+        """Add a section of histograms (by name, or by label of histogram ``keyed``) to ``ping``.
+
+        The common case, a list of ints, is checked and summed here at C speed
+        (bools are not ints here; most counts are 0, so only the others are
+        compared with 0 and later added to the cells); anything else goes
+        through :meth:`_histogram`, which checks each value in Python.
+        """
+        known = definitions.of_revision(revision)
+        if keyed is not None:
+            d = known.get(keyed, _UNSEEN)
+            if d is _UNSEEN and histograms:
+                d = definitions.get(revision, keyed)
+        stats = self.stats
+        for name, value in histograms.items():
+            if keyed is None:
+                d = known.get(name, _UNSEEN)
+                if d is _UNSEEN:
+                    d = definitions.get(revision, name)
+                label = ""
+            else:
+                name, label = keyed, name
+            if d is None or type(value) is not list or d.kind == "count":
+                self._histogram(ping, d, child, name, label, value)
+                continue
+            n = d.size
+            if len(value) != n + N_STATS:
+                stats["histogram_does_not_fit"] += 1
+                continue
+            histogram = value[:n]
+            if list(map(type, histogram)).count(int) != n:
+                self._histogram(ping, d, child, name, label, value)
+                continue
+            nonzero = list(compress(_slots(n), histogram))
+            if nonzero and min(map(histogram.__getitem__, nonzero)) < 0:
+                stats["histogram_does_not_fit"] += 1
+                continue
+            reported = value[n]
+            t = type(reported)
+            total = reported if (t is int or t is float) and reported > 0 else 0
+            key = (child, name, label, d.layout)
+            found = ping.get(key)
+            if found is None:
+                ping[key] = [histogram, total, nonzero, d]
+            else:
+                found[0] = list(map(add, found[0], histogram))
+                found[1] += total
+                found[2] = None
+
+    def _histogram(self, ping, d: MetricDefinition | None, child: str, name: str,
+                   label: str, value: Any) -> None:
         if d is None:
             self.stats["unknown_histogram"] += 1
             return
@@ -335,19 +419,19 @@ class Aggregate:
             return
         if d.kind == "count":
             # Each ping's sum is one value in the count buckets (an absent sum is -1: left out).
-            self._value(ping, defs, COUNT_DEFINITION, child, COUNT_PREFIX + name, label, reported)
+            self._value(ping, COUNT_DEFINITION, child, COUNT_PREFIX + name, label, reported)
             return
         total = reported if _number(reported) and reported > 0 else 0
         key = (child, name, label, d.layout)
-        defs[(name, d.layout)] = d
         found = ping.get(key)
         if found is None:
-            ping[key] = [histogram, total]
+            ping[key] = [histogram, total, None, d]
         else:
             found[0] = list(map(add, found[0], histogram))
             found[1] += total
+            found[2] = None
 
-    def _value(self, ping, defs, d: MetricDefinition, child: str, metric: str, label: str,
+    def _value(self, ping, d: MetricDefinition, child: str, metric: str, label: str,
                value: Any) -> None:
         if not _number(value):
             self.stats["not_numeric"] += 1
@@ -356,12 +440,14 @@ class Aggregate:
             self.stats["negative"] += 1
             return
         key = (child, metric, label, d.layout)
-        defs[(metric, d.layout)] = d
         found = ping.get(key)
         if found is None:
-            found = ping[key] = [[0] * len(d.bounds), 0]
-        found[0][d.place(value)] += 1
+            found = ping[key] = [[0] * d.size, 0, [], d]
+        slot = d.place(value)
+        found[0][slot] += 1
         found[1] += value
+        if found[2] is not None and slot not in found[2]:
+            found[2].append(slot)
 
     # -- combining -------------------------------------------------------
 
