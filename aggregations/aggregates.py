@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import html
 import time
+from sys import intern
 from bisect import bisect_right
 from collections import Counter
 from itertools import compress
@@ -79,10 +80,8 @@ class MetricDefinition:
     layout: str
     bounds: tuple[int, ...]  # numeric lower bounds, for placing values
     index: dict[int, int] = field(compare=False, repr=False, default_factory=dict)
+    size: int = field(compare=False, repr=False, default=0)  # len(bounds)
 
-    @property
-    def size(self) -> int:
-        return len(self.bounds)
 
     @classmethod
     def make(cls, kind: str, bounds: tuple[int, ...], description: str = "",
@@ -93,7 +92,8 @@ class MetricDefinition:
         index: dict[int, int] = {}
         for i, b in enumerate(bounds):
             index.setdefault(b, i)
-        return cls(kind, buckets, description, layout_id(kind, buckets), bounds, index)
+        return cls(kind, buckets, description, layout_id(kind, buckets), bounds, index,
+                   len(bounds))
 
     def place(self, value: float) -> int:
         """The slot of the last bucket whose lower bound is <= ``value`` (value >= 0)."""
@@ -272,10 +272,15 @@ class Aggregate:
         os_version = os_version if isinstance(os_version, str) and os_version else UNKNOWN
         if os_name == "Linux":
             os_version = os_version[:3]
+        # The same few strings in every key: interned, keys of earlier pings compare by identity.
+        channel, version, application, arch, os_name, os_version = map(
+            intern, (channel, version, application, arch, os_name, os_version))
+        dates = [(by, intern(date)) for by, date in dates]
 
         # One ping's metrics, summed over its payloads first so that it counts once per cell.
         # (child, metric, label, layout) -> [histogram, sum, slots that may be non-zero
-        # (None: any), definition]
+        # (None: any), definition]; with slots, the histogram may be the ping's list with
+        # its statistics after the buckets (only its first ``d.size`` items count).
         ping: dict[tuple, list] = {}
         revision = revision if isinstance(revision, str) and revision else None
         for child, histograms, keyed in _histogram_sections(body, unified):
@@ -313,7 +318,6 @@ class Aggregate:
         data, definitions_out = self.data, self.definitions
         for (child, metric, label, layout), (histogram, total, nonzero, d) in ping.items():
             row = (application, arch, os_name, os_version, child, label, layout)
-            owned = True  # the ping's list may become one cell; the others copy it
             for by, date in dates:
                 key = (by, channel, version, date, metric)
                 rows = data.get(key)
@@ -321,8 +325,7 @@ class Aggregate:
                     rows = data[key] = {}
                 cell = rows.get(row)
                 if cell is None:
-                    rows[row] = [histogram if owned else list(histogram), total, 1]
-                    owned = False
+                    rows[row] = [histogram[:d.size], total, 1]
                     continue
                 if nonzero is None:
                     cell[0] = list(map(add, cell[0], histogram))
@@ -370,12 +373,12 @@ class Aggregate:
             if len(value) != n + N_STATS:
                 stats["histogram_does_not_fit"] += 1
                 continue
-            histogram = value[:n]
-            if list(map(type, histogram)).count(int) != n:
+            types = list(map(type, value))
+            if types.count(int) - types[n:].count(int) != n:
                 self._histogram(ping, d, child, name, label, value)
                 continue
-            nonzero = list(compress(_slots(n), histogram))
-            if nonzero and min(map(histogram.__getitem__, nonzero)) < 0:
+            nonzero = list(compress(_slots(n), value))  # stops after the buckets
+            if nonzero and min(map(value.__getitem__, nonzero)) < 0:
                 stats["histogram_does_not_fit"] += 1
                 continue
             reported = value[n]
@@ -384,9 +387,9 @@ class Aggregate:
             key = (child, name, label, d.layout)
             found = ping.get(key)
             if found is None:
-                ping[key] = [histogram, total, nonzero, d]
+                ping[key] = [value, total, nonzero, d]
             else:
-                found[0] = list(map(add, found[0], histogram))
+                found[0] = list(map(add, found[0], value[:n]))
                 found[1] += total
                 found[2] = None
 
@@ -427,7 +430,7 @@ class Aggregate:
         if found is None:
             ping[key] = [histogram, total, None, d]
         else:
-            found[0] = list(map(add, found[0], histogram))
+            found[0] = list(map(add, found[0], histogram))  # the shorter: histogram
             found[1] += total
             found[2] = None
 
@@ -443,6 +446,8 @@ class Aggregate:
         found = ping.get(key)
         if found is None:
             found = ping[key] = [[0] * d.size, 0, [], d]
+        elif len(found[0]) != d.size:  # the ping's own list (a histogram of that name): copy
+            found[0] = found[0][:d.size]
         slot = d.place(value)
         found[0][slot] += 1
         found[1] += value
