@@ -456,18 +456,23 @@ class Aggregate:
 
     # -- combining -------------------------------------------------------
 
-    def merge(self, other: "Aggregate") -> "Aggregate":
-        """Add ``other`` into this aggregate (and return it)."""
+    def merge(self, other: "Aggregate", share: bool = False) -> "Aggregate":
+        """Add ``other`` into this aggregate (and return it).
+
+        With ``share`` (``other`` is dropped after this), its rows and cells
+        are taken over rather than copied.
+        """
         data = self.data
         for key, rows in other.data.items():
             mine = data.get(key)
             if mine is None:
-                data[key] = {r: [list(h), s, c] for r, (h, s, c) in rows.items()}
+                data[key] = rows if share else {r: [list(h), s, c]
+                                                for r, (h, s, c) in rows.items()}
                 continue
             for row, (h, s, c) in rows.items():
                 cell = mine.get(row)
                 if cell is None:
-                    mine[row] = [list(h), s, c]
+                    mine[row] = rows[row] if share else [list(h), s, c]
                 else:
                     cell[0] = list(map(add, cell[0], h))
                     cell[1] += s

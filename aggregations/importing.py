@@ -138,7 +138,7 @@ class ChunkAggregates:
             if f in known:
                 batch.pending[f] = agg
             else:
-                batch.fresh.merge(agg)
+                batch.fresh.merge(agg, share=True)  # the file's aggregate is dropped after
         return batch
 
     def _read(self, lf: LayoutFile, stats: Counter) -> Aggregate | None:

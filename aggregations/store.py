@@ -53,6 +53,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import add
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -108,7 +109,7 @@ def _add_rows(into: dict[tuple, list], rows: Mapping[tuple, list]) -> None:
         if cell is None:
             into[row] = [list(h), s, c]
         else:
-            into[row] = [[a + b for a, b in zip(cell[0], h)], cell[1] + s, cell[2] + c]
+            into[row] = [list(map(add, cell[0], h)), cell[1] + s, cell[2] + c]
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Batch:
     already: int = 0                                           # files found applied
 
     def merge(self, other: "Batch") -> "Batch":
-        self.fresh.merge(other.fresh)
+        """Add ``other`` (dropped after this: its aggregates are taken over, not copied)."""
+        self.fresh.merge(other.fresh, share=True)
         self.entries.update(other.entries)
         self.pending.update(other.pending)
         self.already += other.already
