@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import time
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ def layout_id(kind: str, buckets: tuple) -> str:
 
 @dataclass(frozen=True)
 class MetricDefinition:
-    """How one metric is bucketed: what the API answers as ``kind``, ``buckets``, ``description``."""
+    """How one metric is bucketed: the API's ``kind``, ``buckets`` and ``description``."""
 
     kind: str
     buckets: tuple  # lower bounds (numbers), or label strings for categorical
@@ -99,11 +100,17 @@ SIMPLE_DEFINITION = MetricDefinition.make("exponential", SIMPLE_BUCKETS)
 
 
 class Definitions:
-    """Histogram definitions by (revision URL, name), built once per process."""
+    """Histogram definitions by (revision URL, name), built once per process.
 
-    def __init__(self, revisions: RevisionSource | None):
+    A revision that cannot be found is asked for again after ``retry_seconds``
+    (a long-running import must pick up a revision published later).
+    """
+
+    def __init__(self, revisions: RevisionSource | None, retry_seconds: float = 60.0):
         self.revisions = revisions
-        self._revisions: dict[str, Histograms | None] = {}
+        self.retry_seconds = retry_seconds
+        self._revisions: dict[str, Histograms] = {}
+        self._missing: dict[str, float] = {}
         self._defs: dict[tuple[str, str], MetricDefinition | None] = {}
 
     def get(self, revision: str, name: str) -> MetricDefinition | None:
@@ -113,28 +120,33 @@ class Definitions:
         if found is not _UNSEEN:
             return found
         histograms = self._revision(revision)
+        if histograms is None:
+            return None
         definition = None
-        if histograms is not None:
-            try:
-                d = histograms.get(name)
-            except HistogramError:
-                d = None
-            if d is not None:
-                definition = MetricDefinition.make(
-                    d.kind, d.buckets, html.escape(histograms.description(name)), d.labels)
+        try:
+            d = histograms.get(name)
+        except HistogramError:
+            d = None
+        if d is not None:
+            definition = MetricDefinition.make(
+                d.kind, d.buckets, html.escape(histograms.description(name)), d.labels)
         self._defs[key] = definition
         return definition
 
     def _revision(self, revision: str) -> Histograms | None:
-        if revision not in self._revisions:
-            found = None
-            if self.revisions is not None:
-                try:
-                    found = self.revisions.get(revision)
-                except Exception:  # RevisionError, HistogramError: the ping's histograms are left out
-                    found = None
-            self._revisions[revision] = found
-        return self._revisions[revision]
+        found = self._revisions.get(revision)
+        if found is not None or self.revisions is None:
+            return found
+        failed = self._missing.get(revision)
+        if failed is not None and time.monotonic() - failed < self.retry_seconds:
+            return None
+        try:
+            found = self._revisions[revision] = self.revisions.get(revision)
+        except Exception:  # RevisionError, HistogramError: the ping's histograms are left out
+            self._missing[revision] = time.monotonic()
+            return None
+        self._missing.pop(revision, None)
+        return found
 
 
 _UNSEEN = object()

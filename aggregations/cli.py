@@ -101,10 +101,20 @@ def _why_no_rows(coll, name: str | None, measure: str | None, database: str, col
 
 def collection_options(f):
     f = click.option(
-        "-c", "--collection", default="payloads", show_default=True, callback=collection_name
+        "-c",
+        "--collection",
+        default="payloads",
+        show_default=True,
+        callback=collection_name,
+        help="Collection of the imported pings.",
     )(f)
     f = click.option(
-        "-d", "--database", default="telemetry", show_default=True, callback=database_name
+        "-d",
+        "--database",
+        default="telemetry",
+        show_default=True,
+        callback=database_name,
+        help="Database of the imported pings.",
     )(f)
     return f
 
@@ -141,7 +151,14 @@ def pipeline_options(f):
     type=click.Path(dir_okay=False, path_type=Path),
     help="Run your own pipeline (a JSON list of stages) instead of a named one.",
 )
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="How rows are printed.",
+)
 @click.option("--list", "list_", is_flag=True, help="List the named pipelines and exit.")
 @click.option("--show", is_flag=True, help="Print the pipeline as JSON instead of running it.")
 @mongo_options
@@ -227,7 +244,11 @@ def aggregate(
     help="Where the job keeps its intermediate files [default: a temporary directory].",
 )
 @click.option(
-    "--num-mappers", type=click.IntRange(1), help="Mapper processes [default: one per CPU]."
+    "--num-mappers",
+    "--workers",
+    "num_mappers",
+    type=click.IntRange(1),
+    help="Mapper processes [default: one per CPU].",
 )
 @mongo_options
 def compare(
@@ -312,10 +333,20 @@ def aggregates():
     type=click.Path(dir_okay=False, path_type=Path),
     help="Rebuild the channels and major versions of the files this filter picks [default: all].",
 )
-@click.option("--engine", type=click.Choice(["local", "dask"]), default="local", show_default=True)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="Run the MapReduce job on local processes or on a Dask cluster.",
+)
 @click.option("--scheduler", help="Dask scheduler address (with --engine dask).")
 @click.option(
-    "--num-mappers", type=click.IntRange(1), help="Mapper processes [default: one per CPU]."
+    "--num-mappers",
+    "--workers",
+    "num_mappers",
+    type=click.IntRange(1),
+    help="Mapper processes [default: one per CPU].",
 )
 @click.option(
     "--work-dir",
@@ -330,7 +361,14 @@ def aggregates():
     type=click.Path(dir_okay=False, path_type=Path),
     help="telemetry_schema.json naming the dimensions [default: the packaged one].",
 )
-@click.option("-d", "--database", default="telemetry", show_default=True)
+@click.option(
+    "-d",
+    "--database",
+    default="telemetry",
+    show_default=True,
+    callback=database_name,
+    help="Database the aggregates are written to.",
+)
 @mongo_options
 def aggregates_rebuild(
     data_dir,

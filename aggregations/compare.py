@@ -47,28 +47,42 @@ class Comparison:
     def agree(self) -> bool:
         return not self.differences
 
-    def describe(self, width: int = 24) -> str:
-        """Both sides in one table, then each difference on its own line, then the verdict."""
+    def describe(self, width: int = 24, max_width: int = 120) -> str:
+        """Both sides in one table, then each difference on its own line, then the verdict.
+
+        Side by side (a mongo and a mapreduce column per figure) when that fits
+        in ``max_width`` characters; else one line per row and figure, so a
+        histogram's nine figures do not make a 400-column table.
+        """
         values = [c for c in self.columns if c not in self.keys]
-        header = list(self.keys) + [
-            f"{c} ({side})" for c in values for side in ("mongo", "mapreduce")
-        ]
         mongo, job = _by_key(self.mongo, self.keys), _by_key(self.job, self.keys)
+        keys = sorted(set(mongo) | set(job), key=_sort_key)
+
+        def side(row: dict, c: str) -> str:
+            return _short(cell(row.get(c)), width) if row else "-"
+
+        header = list(self.keys) + [
+            f"{c} ({side_})" for c in values for side_ in ("mongo", "mapreduce")
+        ]
         cells = []
-        for key in sorted(set(mongo) | set(job), key=_sort_key):
+        for key in keys:
             m, j = mongo.get(key, {}), job.get(key, {})
             row = [cell(k) for k in key]
             for c in values:
-                row += [
-                    _short(cell(m.get(c)), width) if m else "-",
-                    _short(cell(j.get(c)), width) if j else "-",
-                ]
+                row += [side(m, c), side(j, c)]
             cells.append(row)
         numeric = [False] * len(self.keys) + [None] * (len(header) - len(self.keys))
-        out = [
-            f"{self.name}: mongo pipeline vs mapreduce job",
-            table(cells, header, numeric).rstrip("\n"),
-        ]
+        text = table(cells, header, numeric).rstrip("\n")
+        if max(map(len, text.splitlines() or [""])) > max_width:
+            header = [*self.keys, "figure", "mongo", "mapreduce"]
+            cells = [
+                [cell(k) for k in key] + [c, side(mongo.get(key, {}), c), side(job.get(key, {}), c)]
+                for key in keys
+                for c in values
+            ]
+            numeric = [False] * (len(self.keys) + 1) + [None, None]
+            text = table(cells, header, numeric).rstrip("\n")
+        out = [f"{self.name}: mongo pipeline vs mapreduce job", text]
         if self.differences:
             out.append(f"{len(self.differences)} difference(s):")
             out += [f"  {_key_text(self.keys, d.key)}: {d.what}" for d in self.differences]

@@ -7,9 +7,9 @@ Collections (all in the importer's database, ``telemetry`` by default):
     JSON text of that list, with those five fields and ``rows``: one
     ``[application, architecture, os, osVersion, child, label, layout,
     histogram, sum, count]`` per combination seen, sorted.  A dashboard
-    query reads one document per date asked, by ``_id``.  ``files`` lists
-    the layout files whose contribution is in the document but not yet
-    marked applied in ``aggregates_files`` (see below); ``v`` counts writes.
+    query reads one document per date asked, by ``_id``.  ``units`` lists
+    the write units whose contributions the document holds and that may not
+    be finished (see below); ``v`` counts writes.
     Index ``channel_version`` (channel, version) for a rebuild's deletes.
 ``aggregates_metrics``
     Per ``(channel, version, metric)``: ``layouts`` maps a bucket-table id
@@ -21,32 +21,38 @@ Collections (all in the importer's database, ``telemetry`` by default):
 ``aggregates_dates``
     Per ``(by, channel, version, date)`` with data.  Index ``by_channel``.
 ``aggregates_files``
-    The layout files whose contributions are applied, ``_id`` their path
-    relative to the dataset, with ``channel``, ``version``, ``sha256``,
-    ``size``.  Index ``channel_version``.
+    Per layout file (``_id`` its path in the dataset): ``state`` ``pending``
+    (with its ``unit``) or ``applied``, ``channel``, ``version``,
+    ``sha256``, ``size``.  Index ``channel_version``.
+``aggregates_units``
+    Per write unit: ``state`` ``pending`` or ``applied``.
 
-Exactly once, without transactions.  Import path, per group of files: each
-document is read, the contributions of the group's files that the document
-does not list in ``files`` are added in Python, and it is written back with
-a conditional replace (``{_id, v: old v}``) or an insert (a duplicate key
-means another writer came first: read again and retry), carrying the
-files it now holds in ``files``.  A document is one atomic unit, so after a
-crash each document holds a file's contribution entirely or not at all, and
-says which.  Only when every document is written are the files marked in
-``aggregates_files``; a rerun skips marked files and, for unmarked ones,
-skips the documents that already list them.  ``files`` entries of marked
-files are dropped at the document's next write.
-Rebuild path (:func:`replace_scope`): the whole of each (channel, version) it
-covers is recomputed from the layout and replaces what was there; its files
-are marked first, so a crash in between can leave data missing until the
-rerun, never counted twice.
+Exactly once, without transactions.  Import path, per unit (the files of
+one flush of the importer's sink): the unit is recorded pending and its
+files pending with the unit's id; every document the files touch is read,
+their summed contribution added in Python, and the document written back
+with a conditional replace on ``v`` (or an insert; a duplicate key or a
+changed ``v`` means another writer came first: read again and retry),
+listing the unit in ``units``.  A document is written atomically, so after
+a crash each one holds the unit's contribution entirely or not at all, and
+says which.  Then the files are recorded applied, then the unit.  A rerun
+skips applied files; a file still pending from unit U0 is added only to
+documents that list neither U0 nor ``file:PATH`` and is listed there as
+``file:PATH`` (so a rerun that splits U0's files over several units stays
+exact).  Listed units and files that are applied are dropped at the
+document's next write.
+Rebuild path (:meth:`Store.replace_scope`): the whole of each (channel,
+version) it covers is recomputed from the layout and replaces what was
+there; its files are recorded applied first, so a crash in between can leave
+data missing until the rerun, never counted twice.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import orjson
@@ -63,6 +69,9 @@ METRICS = "aggregates_metrics"
 OPTIONS = "aggregates_options"
 DATES = "aggregates_dates"
 FILES = "aggregates_files"
+UNITS = "aggregates_units"
+PENDING, APPLIED = "pending", "applied"
+FILE_TAG = "file:"
 DUPLICATE_KEY = 11000
 READ_BATCH = 500
 MAX_RETRIES = 20
@@ -103,6 +112,28 @@ def _add_rows(into: dict[tuple, list], rows: Mapping[tuple, list]) -> None:
 
 
 @dataclass
+class Batch:
+    """Files applied together: the fresh ones summed, those left pending by a crash apart."""
+
+    fresh: Aggregate = field(default_factory=Aggregate)
+    entries: dict[str, dict] = field(default_factory=dict)   # relpath -> aggregates_files fields
+    pending: dict[str, Aggregate] = field(default_factory=dict)
+    already: int = 0                                           # files found applied
+
+    def merge(self, other: "Batch") -> "Batch":
+        self.fresh.merge(other.fresh)
+        self.entries.update(other.entries)
+        self.pending.update(other.pending)
+        self.already += other.already
+        return self
+
+    @property
+    def pings(self) -> int:
+        return self.fresh.stats.get("pings", 0) + sum(
+            a.stats.get("pings", 0) for a in self.pending.values())
+
+
+@dataclass
 class ApplyResult:
     files: int = 0          # files whose contributions were applied now
     already: int = 0        # files found applied earlier (skipped)
@@ -129,6 +160,10 @@ class Store:
 
     def applied(self, relpaths: Iterable[str]) -> dict[str, dict]:
         """The ``aggregates_files`` entries of those files that are applied."""
+        return {f: e for f, e in self.entries(relpaths).items() if e.get("state") != PENDING}
+
+    def entries(self, relpaths: Iterable[str]) -> dict[str, dict]:
+        """The ``aggregates_files`` entries of those files, applied or pending."""
         relpaths = list(relpaths)
         out: dict[str, dict] = {}
         for i in range(0, len(relpaths), READ_BATCH):
@@ -139,43 +174,97 @@ class Store:
     # -- the import path ---------------------------------------------------
 
     def apply_files(self, files: Mapping[str, tuple[Aggregate, Mapping[str, Any]]]) -> ApplyResult:
-        """Add each file's aggregate exactly once; ``files[relpath] = (aggregate, entry fields)``.
+        """Add each file's aggregate exactly once: ``files[relpath] = (aggregate, entry)``."""
+        return self.apply(self.batch(files))
 
-        ``entry fields`` (channel, version, sha256, size) go into the file's
-        ``aggregates_files`` entry.
+    def batch(self, files: Mapping[str, tuple[Aggregate, Mapping[str, Any]]]) -> "Batch":
+        """Files by state: fresh ones summed, pending ones apart, applied ones left out."""
+        known = self.entries(files)
+        batch = Batch()
+        for f, (agg, fields) in files.items():
+            state = known[f].get("state") if f in known else None
+            if state is None:
+                batch.fresh.merge(agg)
+                batch.entries[f] = dict(fields)
+            elif state == PENDING:
+                batch.pending[f] = agg
+                batch.entries[f] = dict(fields)
+            else:
+                batch.already += 1
+        return batch
+
+    def apply(self, batch: "Batch") -> ApplyResult:
+        """Apply a batch of files as one unit, exactly once.
+
+        The batch's fresh files are recorded pending with the unit's id, every
+        document they touch is written once listing the unit, then they are
+        recorded applied.  A file found pending from a unit that did not
+        finish (a crash) is added only to the documents that list neither
+        that unit nor the file itself, and listed there as ``file:PATH``.
         """
         self.ensure_indexes()
-        result = ApplyResult()
-        done = self.applied(files)
-        todo = {f: v for f, v in files.items() if f not in done}
-        result.already = len(files) - len(todo)
-        if not todo:
+        result = ApplyResult(already=batch.already)
+        if not batch.entries:
             return result
-        by_key: dict[tuple, list[tuple[str, dict]]] = defaultdict(list)
-        for relpath, (agg, _) in todo.items():
+        known = self.entries(batch.entries)
+        fresh = [f for f in batch.entries if f not in batch.pending]
+        taken = [f for f in fresh if f in known]
+        if taken:
+            raise StoreError(f"{len(taken)} files (e.g. {taken[0]}) were aggregated by another "
+                             "run meanwhile; rerun")
+        pending = {f: agg for f, agg in batch.pending.items()
+                   if known.get(f, {}).get("state") == PENDING}
+        result.already += len(batch.pending) - len(pending)
+        unit = uuid.uuid4().hex
+        now = time.time()
+        self.db[UNITS].insert_one({"_id": unit, "state": PENDING, "started_at": now})
+        if fresh:
+            self.db[FILES].bulk_write(
+                [UpdateOne({"_id": f}, {"$set": {**batch.entries[f], "state": PENDING,
+                                                 "unit": unit}}, upsert=True) for f in fresh],
+                ordered=False)
+        groups: list[tuple[str, frozenset, Aggregate]] = [
+            (unit, frozenset((unit,)), batch.fresh)]
+        for f, agg in pending.items():
+            tag = FILE_TAG + f
+            groups.append((tag, frozenset((known[f].get("unit"), tag)), agg))
+        by_key: dict[tuple, list[tuple[str, frozenset, dict]]] = defaultdict(list)
+        meta = Aggregate()
+        for tag, skip, agg in groups:
+            _merge_meta(meta, agg)
             for key, rows in agg.data.items():
-                by_key[key].append((relpath, rows))
-        pending = list(by_key)
+                by_key[key].append((tag, skip, rows))
+        keys = list(by_key)
         for attempt in range(MAX_RETRIES):
-            if not pending:
+            if not keys:
                 break
             if attempt:
                 result.retries += 1
                 time.sleep(min(0.05 * attempt, 0.5))
-            written, pending = self._write_documents(pending, by_key)
+            written, keys = self._write_documents(keys, by_key)
             result.documents += written
-        if pending:
-            raise StoreError(f"{len(pending)} aggregate documents kept changing under us; rerun")
-        meta = Aggregate()
-        for agg, _ in todo.values():
-            _merge_meta(meta, agg)
+        if keys:
+            raise StoreError(f"{len(keys)} aggregate documents kept changing under us; rerun")
         self.write_meta(meta)
         now = time.time()
+        done = [*fresh, *pending]
         self.db[FILES].bulk_write(
-            [UpdateOne({"_id": f}, {"$set": {**dict(fields), "applied_at": now}}, upsert=True)
-             for f, (_, fields) in todo.items()], ordered=False)
-        result.files = len(todo)
+            [UpdateOne({"_id": f}, {"$set": {**batch.entries[f], "state": APPLIED,
+                                             "applied_at": now}, "$unset": {"unit": ""}})
+             for f in done], ordered=False)
+        self.db[UNITS].update_one({"_id": unit}, {"$set": {"state": APPLIED, "applied_at": now}})
+        result.files = len(done)
         return result
+
+    def _finished(self, listed: set[str]) -> set[str]:
+        """Which of the units and ``file:`` names listed in documents are applied."""
+        units = [u for u in listed if not u.startswith(FILE_TAG)]
+        files = [u[len(FILE_TAG):] for u in listed if u.startswith(FILE_TAG)]
+        done = {u["_id"] for u in self.db[UNITS].find(
+            {"_id": {"$in": units}, "state": APPLIED}, {"_id": 1})} if units else set()
+        if files:
+            done |= {FILE_TAG + f for f in self.applied(files)}
+        return done
 
     def _write_documents(self, keys: list[tuple], by_key) -> tuple[int, list[tuple]]:
         """One pass over ``keys``; returns (documents written, keys to try again)."""
@@ -186,28 +275,28 @@ class Store:
             batch = keys[i:i + READ_BATCH]
             ids = {doc_id(k): k for k in batch}
             current = {d["_id"]: d for d in coll.find({"_id": {"$in": list(ids)}})}
-            listed = {f for d in current.values() for f in d.get("files", ())}
-            finished = set(self.applied(listed)) if listed else set()
+            listed = {u for d in current.values() for u in d.get("units", ())}
+            finished = self._finished(listed) if listed else set()
             ops, expect = [], {}
             for _id, key in ids.items():
                 doc = current.get(_id)
-                have = set(doc.get("files", ())) if doc else set()
-                new = [(f, rows) for f, rows in by_key[key] if f not in have]
+                have = set(doc.get("units", ())) if doc else set()
+                new = [(tag, rows) for tag, skip, rows in by_key[key] if not skip & have]
                 if not new:
                     continue
                 rows = _rows_dict(doc["rows"]) if doc else {}
                 for _, r in new:
                     _add_rows(rows, r)
-                files = [f for f in (doc.get("files", []) if doc else []) if f not in finished]
-                files += [f for f, _ in new]
+                units = [u for u in (doc.get("units", []) if doc else []) if u not in finished]
+                units += [u for u, _ in new]
                 body = {"by": key[0], "channel": key[1], "version": key[2], "date": key[3],
-                        "metric": key[4], "rows": sorted_rows(rows), "files": files}
+                        "metric": key[4], "rows": sorted_rows(rows), "units": units}
                 if doc is None:
                     ops.append(InsertOne({"_id": _id, **body, "v": 1}))
                 else:
                     ops.append(ReplaceOne({"_id": _id, "v": doc.get("v", 0)},
                                           {**body, "v": doc.get("v", 0) + 1}))
-                expect[_id] = [f for f, _ in new]
+                expect[_id] = [u for u, _ in new]
             if not ops:
                 continue
             try:
@@ -220,11 +309,11 @@ class Store:
                 conflicts = True
             written += len(ops)
             if conflicts:
-                # Which writes lost a race: their documents do not list our files.
-                check = {d["_id"]: set(d.get("files", ()))
-                         for d in coll.find({"_id": {"$in": list(expect)}}, {"files": 1})}
-                lost = [ids[_id] for _id, fs in expect.items()
-                        if not set(fs) <= check.get(_id, set())]
+                # Which writes lost a race: their documents do not list our units.
+                check = {d["_id"]: set(d.get("units", ()))
+                         for d in coll.find({"_id": {"$in": list(expect)}}, {"units": 1})}
+                lost = [ids[_id] for _id, us in expect.items()
+                        if not set(us) <= check.get(_id, set())]
                 written -= len(lost)
                 retry += lost
         return written, retry
@@ -232,7 +321,7 @@ class Store:
     # -- small collections (idempotent) -------------------------------------
 
     def write_meta(self, agg: Aggregate) -> None:
-        """Definitions, filter options and dates of ``agg``: only what this Store has not written."""
+        """Definitions, filter options and dates of ``agg`` that this Store has not written."""
         ops = []
         for (channel, version, metric), layouts in agg.definitions.items():
             for layout, (kind, buckets, description, newest) in layouts.items():
@@ -261,7 +350,8 @@ class Store:
                                  {"$set": {"channel": channel, "version": version},
                                   "$addToSet": {k: {"$each": v} for k, v in new.items()}},
                                  upsert=True))
-            self._known_options.update((channel, version, k, v) for k, vs in new.items() for v in vs)
+            self._known_options.update(
+                (channel, version, k, v) for k, vs in new.items() for v in vs)
         if ops:
             self.db[OPTIONS].bulk_write(ops, ordered=False)
         ops = [UpdateOne({"_id": doc_id(d)},
@@ -284,7 +374,8 @@ class Store:
         """
         self.ensure_indexes()
         now = time.time()
-        ops: list = [UpdateOne({"_id": f}, {"$set": {**dict(fields), "applied_at": now}},
+        ops: list = [UpdateOne({"_id": f}, {"$set": {**dict(fields), "state": APPLIED,
+                                                     "applied_at": now}, "$unset": {"unit": ""}},
                                upsert=True) for f, fields in files.items()]
         stale = [e["_id"] for c, v in scope
                  for e in self.db[FILES].find({"channel": c, "version": v}, {"_id": 1})
@@ -303,7 +394,7 @@ class Store:
         self._known_options.clear()
         self._known_dates.clear()
         docs = [{"_id": doc_id(key), "by": key[0], "channel": key[1], "version": key[2],
-                 "date": key[3], "metric": key[4], "rows": sorted_rows(rows), "files": [], "v": 1}
+                 "date": key[3], "metric": key[4], "rows": sorted_rows(rows), "units": [], "v": 1}
                 for key, rows in sorted(agg.data.items()) if (key[1], key[2]) in scope]
         for i in range(0, len(docs), 1000):
             self.db[AGGREGATES].insert_many(docs[i:i + 1000], ordered=False)

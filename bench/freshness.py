@@ -199,12 +199,14 @@ def main() -> int:
         times = [finished.finished_at.get(d) for d in b.acked]
         if times and all(times):
             floors.append(max(times) - b.first_post)
-    lost = sum(len(b.acked) for b in batches if b.number not in visible_at)
+    late = sum(len(b.acked) for b in batches if b.number not in visible_at)
+    lost = count_lost(batches, args.mongo_url, data_dir, database)
     posted = traffic.sent
     rate = posted / args.seconds
     target = args.rotation_age_ms / 1000 + 5
     print(f"posted {posted} pings ({rate:.0f}/s achieved), {traffic.acked} acknowledged, "
           f"{traffic.failed} refused or failed; {len(batches)} batches of {args.batch}")
+    print(f"{len(delays)} of {len(batches)} batches visible within --settle; percentiles over those")
     print(f"POST -> visible ({args.visible}), per batch from its first POST: "
           f"p50 {percentile(delays, 50):.2f} s, p95 {percentile(delays, 95):.2f} s, "
           f"max {max(delays, default=float('nan')):.2f} s")
@@ -214,11 +216,32 @@ def main() -> int:
     print(f"end-to-end p95 / rotation-only p95 = {p95 / percentile(floors, 95):.2f}x; "
           f"downstream stages add {p95 - percentile(floors, 95):.2f} s at p95")
     print(f"target p95 <= rotation age + 5 s = {target:.1f} s: {'met' if p95 <= target else 'MISSED'}"
-          f" ({p95 / target:.2f} of it); lost (acknowledged, never visible): {lost}")
+          f" ({p95 / target:.2f} of it); not visible within --settle: {late}; "
+          f"lost (acknowledged, not in MongoDB after the pipeline drained): {lost}")
     print(f"pipeline exit code {code}; its log: {data_dir / 'pipeline.log'}")
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
     return 0 if lost == 0 and code == 0 else 1
+
+
+def count_lost(batches: list[Batch], mongo_url: str | None, data_dir: Path, database: str) -> int:
+    """Acknowledged pings missing from MongoDB once the pipeline has drained and stopped."""
+    server = None
+    if not mongo_url:  # the pipeline stopped the embedded server it started: start it again
+        from importer.mongo import MongoConfig, ensure_embedded
+
+        server, _ = ensure_embedded(MongoConfig(data_dir=data_dir / "mongo"))
+        mongo_url = server.url
+    try:
+        with pymongo.MongoClient(mongo_url) as client:
+            payloads = client[database]["payloads"]
+            acked = [d for b in batches for d in b.acked]
+            found = sum(payloads.count_documents({"_id": {"$in": acked[i:i + 1000]}})
+                        for i in range(0, len(acked), 1000))
+    finally:
+        if server is not None:
+            server.stop()
+    return len(acked) - found
 
 
 def _embedded_url(data_dir: Path) -> str:

@@ -54,7 +54,7 @@ PATH = "/submit/telemetry/{n}/saved-session/Firefox/23.0.1/release/2013081406381
 
 
 SERVERS = {
-    "naive": None, "naive-rp": None,
+    "naive": None, "naive-rp": None, "fsync-before": None,
     "fsync": dict(durability="fsync"),
     "os": dict(durability="os"),
     "fsync-asyncio": dict(durability="fsync", event_loop="asyncio"),
@@ -132,6 +132,49 @@ class NaiveHandle:
         time.sleep(0.5)
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(30)
+
+
+class TreeHandle:
+    """Another checkout's receiver (``--before-tree``), e.g. main before a change.
+
+    Started with that tree first on PYTHONPATH and a config holding only the
+    keys every version knows, so the same run measures old and new code.
+    """
+
+    def __init__(self, tree: str, log_path: str, workers: int, durability: str):
+        from receiver.service import RunningReceiver
+
+        config_dir = tempfile.mkdtemp(prefix="receiver-before-")
+        config_file = Path(config_dir, "receiver.json")
+        config_file.write_bytes(orjson.dumps({"port": 0, "log_path": log_path, "workers": workers,
+                                              "durability": durability, "motd": ""}))
+        env = dict(os.environ, PYTHONPATH=tree, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen([sys.executable, "-m", "receiver", "--config", str(config_file)],
+                                   cwd=tree, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                   text=True, env=env, bufsize=1)
+        self.handle = RunningReceiver(process, ReceiverConfig(log_path=log_path, workers=workers),
+                                      config_dir)
+        if not self.handle._ready.wait(30) or not self.handle.port:
+            self.handle.kill()
+            raise SystemExit(f"the receiver in {tree} did not start: {self.handle.output[-5:]}")
+        self.handle.wait_for_workers(workers)
+        self.url = self.handle.url
+        self.process = process
+
+    def stop(self) -> None:
+        self.handle.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its live children, from /proc."""
+    total = 0.0
+    for p in [pid] + _children(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _children(pid: int) -> list[int]:
@@ -235,6 +278,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
     ap.add_argument("--python-load", action="store_true",
                     help="use the Python load generator even if wrk exists")
+    ap.add_argument("--before-tree", help="a checkout (e.g. git archive of main) measured "
+                                          "as the server fsync-before")
     ap.add_argument("--bodies", default="json-5KB,gzip-ping",
                     help="comma-separated: json-5KB, gzip-ping")
     ap.add_argument("--servers", default="naive,naive-rp,fsync,os",
@@ -270,15 +315,22 @@ def main() -> None:
                 log_path.mkdir()
                 if server.startswith("naive"):
                     handle = NaiveHandle(str(log_path), workers, reuse_port=server == "naive-rp")
+                elif server == "fsync-before":
+                    if not args.before_tree:
+                        raise SystemExit("fsync-before needs --before-tree DIR")
+                    handle = TreeHandle(args.before_tree, str(log_path), workers, "fsync")
                 else:
                     handle = start_receiver(ReceiverConfig(port=0, log_path=str(log_path),
                                                            workers=workers, motd="",
                                                            **SERVERS[server]))
+                cpu0 = cpu_seconds(handle.process.pid)
                 try:
                     if use_wrk:
                         r = run_wrk(handle.url, body_file, args.duration, args.connections, 2)
                     else:
                         r = run_python_load(handle.url, body, args.duration, args.connections)
+                    r["cpu_us"] = ((cpu_seconds(handle.process.pid) - cpu0)
+                                   / max(1, r["ok"] + r["failed"]) * 1e6)
                 finally:
                     handle.stop()
                 records, problems = count_records(log_path)
@@ -287,7 +339,8 @@ def main() -> None:
                 results[body_name, server] = r
                 print(f"{body_name:10} {server:8} {r['rps']:9.0f} req/s  "
                       f"p50 {r['p50_ms']:7.2f} ms  "
-                      f"p99 {r['p99_ms']:7.2f} ms  200s {r['ok']:7d}  lost {r['lost']}  "
+                      f"p99 {r['p99_ms']:7.2f} ms  {r['cpu_us']:4.0f} us CPU/req  "
+                      f"200s {r['ok']:7d}  lost {r['lost']}  "
                       f"log problems {problems}  {r['socket_errors']}", flush=True)
             for baseline in ("naive", "naive-rp"):
                 if baseline not in servers:
@@ -297,7 +350,9 @@ def main() -> None:
                     if server.startswith("naive"):
                         continue
                     ratio = results[body_name, server]["rps"] / base
-                    print(f"{body_name:10} ratio {server} / {baseline}: {ratio:.2f}x"
+                    cpu = results[body_name, baseline]["cpu_us"] / results[body_name, server]["cpu_us"]
+                    print(f"{body_name:10} ratio {server} / {baseline}: {ratio:.2f}x req/s, "
+                          f"{cpu:.2f}x less CPU per request"
                           + ("  (target >= 3.5x over naive)" if server == "fsync"
                              and baseline == "naive" else ""), flush=True)
     finally:

@@ -469,9 +469,11 @@ def _stop_on_signals(stop: threading.Event) -> None:
               help="Part size in MiB for multipart uploads.")
 @click.option("--attempts", type=click.IntRange(min=1), default=5, show_default=True,
               help="Uploads of one file before it counts as failed.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
 def export(layout_dir: Path, bucket: str, prefix: str, endpoint_url: str | None, after_upload: str,
            loop: float | None, workers: int, multipart_threshold: int, part_size: int,
-           attempts: int) -> None:
+           attempts: int, progress: bool | None) -> None:
     """Upload published layout files to s3://BUCKET/PREFIX/, verified, skipping those already there.
 
     Credentials come from boto3's usual chain (environment, config files,
@@ -482,7 +484,7 @@ def export(layout_dir: Path, bucket: str, prefix: str, endpoint_url: str | None,
                               endpoint_url=endpoint_url, after_upload=after_upload, loop=loop,
                               workers=workers, multipart_threshold=multipart_threshold * MiB,
                               multipart_chunksize=part_size * MiB, attempts=attempts,
-                              progress=sys.stderr.isatty())
+                              progress=sys.stderr.isatty() if progress is None else progress)
     except ExportError as e:
         raise click.UsageError(str(e)) from None
     stop = threading.Event()

@@ -155,6 +155,7 @@ def follow(config: ConverterConfig, inputs: Iterable[str | os.PathLike], stop: S
     loop = _Loop(config, dirs, stop, status, summary, index, pool, on_unit)
     try:
         status.update(state="idle")
+        status.keep_alive()
         loop.run(watcher, rescan_seconds)
     finally:
         pool.shutdown(wait=True)

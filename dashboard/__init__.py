@@ -1,1 +1,1 @@
-"""The HTTP service over the aggregates: telemetry.mozilla.org's JSON API (and, later, its pages)."""
+"""The HTTP service over the aggregates: telemetry.mozilla.org's JSON API (later its pages)."""

@@ -22,7 +22,7 @@ from dashboard.config import DashboardConfig, load_tokens
 from dashboard.metrics import Metrics
 from dashboard.reader import AggregatesReader
 
-ROUTE_MODULES = ["dashboard.api", "dashboard.index", "dashboard.metrics_page"]
+ROUTE_MODULES = ["dashboard.api", "dashboard.index", "dashboard.metrics_page", "dashboard.page"]
 
 
 @dataclass

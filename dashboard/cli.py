@@ -31,8 +31,16 @@ from importer.cli import connect_url, mongo_config
               envvar="TELEMETRY_MONGO_DIR", help="Data directory of the embedded server.")
 @click.option("--pipeline-dir", type=click.Path(file_okay=False),
               help="A `telemetry pipeline` data directory: its stages' health and lag on /metrics.")
+@click.option("--stats-log", type=click.Path(dir_okay=False),
+              help="Operations view: the receiver's stats log file.")
+@click.option("--raw-logs", type=click.Path(file_okay=False),
+              help="Operations view: the receiver's raw log directory (for the import lag).")
+@click.option("--errors-dir", type=click.Path(file_okay=False),
+              help="Operations view: the converter's error output directory.")
+@click.option("--receiver-url", metavar="URL", help="Operations view: a receiver, for its /metrics.")
 def dashboard(config_path, host, port, database, max_age, private_channels, tokens_file,
-              mongo_url, mongo_dir, pipeline_dir=None):
+              mongo_url, mongo_dir, pipeline_dir=None, stats_log=None, raw_logs=None, errors_dir=None,
+              receiver_url=None):
     """Serve the aggregates API (telemetry.mozilla.org's URLs) over the imported data."""
     from dashboard.app import make_app, make_deps
 
@@ -40,7 +48,8 @@ def dashboard(config_path, host, port, database, max_age, private_channels, toke
         config = DashboardConfig.load(
             config_path, host=host, port=port, database=database, max_age=max_age,
             private_channels=list(private_channels) or None, tokens_file=tokens_file,
-            mongo_url=mongo_url, pipeline_dir=pipeline_dir)
+            mongo_url=mongo_url, pipeline_dir=pipeline_dir, stats_log=stats_log, raw_logs=raw_logs,
+            errors_dir=errors_dir, receiver_url=receiver_url)
         url = connect_url(mongo_config(config.mongo_url, mongo_dir))
         deps = make_deps(config, url)
     except ConfigError as e:

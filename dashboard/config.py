@@ -35,6 +35,11 @@ class DashboardConfig:
     max_dates: int = 1000                   # dates per query (the real client sends < 350)
     mongo_timeout_ms: int = 5000
     pipeline_dir: str | None = None         # a `telemetry pipeline` data dir: its health on /metrics
+    # What the operations view reads (docs/dashboard.md); each optional.
+    stats_log: str | None = None            # the receiver's stats_log_file
+    raw_logs: str | None = None             # the receiver's log_path
+    errors_dir: str | None = None           # the converter's error output
+    receiver_url: str | None = None         # a receiver's http://HOST:PORT, for its /metrics
 
     def __post_init__(self) -> None:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:

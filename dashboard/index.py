@@ -1,4 +1,4 @@
-"""``/``: a plain index of the API's endpoints (the dashboard page replaces it)."""
+"""``/api/``: a plain index of the API's endpoints (the dashboard page is at ``/``)."""
 
 from __future__ import annotations
 
@@ -30,4 +30,4 @@ class IndexHandler(BaseHandler):
 
 
 def routes(service: Service) -> list:
-    return [(r"/", IndexHandler, {"service": service})]
+    return [(r"/api/", IndexHandler, {"service": service})]

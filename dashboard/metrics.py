@@ -36,11 +36,12 @@ class Metrics:
 
     def render(self) -> str:
         lines = [
-            "# HELP telemetry_dashboard_requests_total HTTP requests answered, by route and status.",
+            "# HELP telemetry_dashboard_requests_total HTTP requests by route and status.",
             "# TYPE telemetry_dashboard_requests_total counter",
         ]
         for (route, status), n in sorted(self.requests.items()):
-            lines.append(f'telemetry_dashboard_requests_total{{route="{route}",status="{status}"}} {n}')
+            lines.append(f'telemetry_dashboard_requests_total{{route="{route}",'
+                         f'status="{status}"}} {n}')
         lines += [
             "# HELP telemetry_dashboard_request_seconds_total Time spent answering, by route.",
             "# TYPE telemetry_dashboard_request_seconds_total counter",

@@ -136,9 +136,21 @@ def check_filter_levels(filter: Schema, schema: Schema) -> None:
 
 @click.command("import")
 @click.argument("dataset", type=click.Path(path_type=Path))
-@click.option("-d", "--database", default="telemetry", show_default=True, callback=database_name)
 @click.option(
-    "-c", "--collection", default="payloads", show_default=True, callback=collection_name
+    "-d",
+    "--database",
+    default="telemetry",
+    show_default=True,
+    callback=database_name,
+    help="Database to import into.",
+)
+@click.option(
+    "-c",
+    "--collection",
+    default="payloads",
+    show_default=True,
+    callback=collection_name,
+    help="Collection to import into (its import records go to 'imports').",
 )
 @click.option("--drop", is_flag=True, help="Drop the collection and its import records first.")
 @click.option(
@@ -371,7 +383,13 @@ def mongo():
 
 
 @mongo.command("start")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+@click.option(
+    "--mongo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=DATA_DIR_ENV,
+    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+    "[default: ~/.local/share/telemetry/mongo].",
+)
 def mongo_start(mongo_dir):
     """Start the embedded server if it is not running, and print its URI."""
     config = mongo_config(None, mongo_dir)
@@ -384,7 +402,13 @@ def mongo_start(mongo_dir):
 
 
 @mongo.command("stop")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+@click.option(
+    "--mongo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=DATA_DIR_ENV,
+    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+    "[default: ~/.local/share/telemetry/mongo].",
+)
 def mongo_stop(mongo_dir):
     """Stop the embedded server."""
     config = mongo_config(None, mongo_dir)
@@ -393,7 +417,13 @@ def mongo_stop(mongo_dir):
 
 
 @mongo.command("status")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path), envvar=DATA_DIR_ENV)
+@click.option(
+    "--mongo-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=DATA_DIR_ENV,
+    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+    "[default: ~/.local/share/telemetry/mongo].",
+)
 def mongo_status(mongo_dir):
     """Say whether the embedded server runs (exit 0) or not (exit 1)."""
     config = mongo_config(None, mongo_dir)

@@ -12,6 +12,14 @@ done after its last is acknowledged) is what a restart relies on: a file
 done is skipped, a file started but not done is written again with
 replacing writes, so every record is there exactly once.
 
+With the aggregating importer (:mod:`aggregations.importing`) each chunk's
+contributions go to the hook's sink, which writes them as soon as the
+backlog is empty (so a ping shows in the aggregates at once) and at least
+every ``FLUSH_SECONDS`` while a backlog is worked off; a stop writes what it
+holds.  A sink that cannot write ends the run with an error: the restart
+aggregates the files it held (the aggregates store knows which files it
+has applied), so each ping is counted once.
+
 A file that fails (the server is down, the file is corrupt) stays waiting
 and is tried again with a growing delay; nothing is dropped, the backlog
 only grows on disk.  SIGTERM finishes the chunk in hand; a drain imports
@@ -30,7 +38,7 @@ from pymongo.errors import PyMongoError
 
 from converter.layout import (LayoutError, LayoutFile, dimensions_from_path, find_layout_files,
                               is_layout_file, path_filter)
-from importer.errors import MongoUnavailable
+from importer.errors import ImporterError, MongoUnavailable
 from importer.importer import (ChunkResult, ImportOptions, ImportSummary, create_indexes,
                                import_files)
 from importer.mongo import connect
@@ -41,6 +49,7 @@ from pipeline.watcher import DirectoryWatcher, Stop
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+FLUSH_SECONDS = 5.0  # aggregates held at most this long while a backlog is worked off
 
 
 def follow_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOptions, stop: Stop,
@@ -58,6 +67,7 @@ def follow_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
     watcher = DirectoryWatcher([dataset], recursive=True, created=True, use_inotify=use_inotify)
     loop = _Loop(dataset, client[options.database], options, stop, status, summary, on_chunk)
     try:
+        loop.open_sink()
         if options.create_indexes:
             try:
                 create_indexes(client[options.database][options.collection],
@@ -65,7 +75,9 @@ def follow_dataset(dataset_dir: str | os.PathLike, url: str, options: ImportOpti
             except PyMongoError as e:
                 raise MongoUnavailable(f"cannot create the indexes: {e}") from None
         status.update(state="idle")
+        status.keep_alive()
         loop.run(watcher, rescan_seconds)
+        loop.close_sink()
     finally:
         watcher.close()
         client.close()
@@ -93,6 +105,36 @@ class _Loop:
         self.handled: set[str] = set()
         self.retry_at: dict[str, float] = {}
         self.failures: dict[str, int] = {}
+        self.sink = None
+        self.flushed_at = time.monotonic()
+
+    def open_sink(self) -> None:
+        """The hook's writing side (the aggregates), if the importer has a hook."""
+        if self.options.hook is not None:
+            self.sink = self.options.hook.sink(self.db)
+
+    def _sink(self, call, *args):
+        """A sink failure ends the run (exit 1): a restart aggregates what it held, once."""
+        try:
+            return call(*args)
+        except (PyMongoError, ImporterError) as e:
+            self.sink = None
+            raise ImporterError(f"cannot write the aggregates: {type(e).__name__}: {e}") from None
+
+    def _flush(self, caught_up: bool) -> None:
+        """Write the aggregates as soon as the backlog is empty, else every FLUSH_SECONDS."""
+        if self.sink is None:
+            return
+        if caught_up or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
+            self._sink(self.sink.flush)
+            self.flushed_at = time.monotonic()
+
+    def close_sink(self) -> None:
+        if self.sink is not None:
+            stats = self._sink(self.sink.close) or {}
+            for key, n in stats.items():
+                self.summary.hook_stats[key] = self.summary.hook_stats.get(key, 0) + n
+            self.sink = None
 
     def run(self, watcher: DirectoryWatcher, rescan_seconds: float) -> None:
         self._scan(self.dataset)
@@ -179,6 +221,9 @@ class _Loop:
         self._report(working=True)
         result = import_files(self.db, chunk, self.names, self.options)
         self.summary.add(result)
+        if self.sink is not None and result.hook_output is not None:
+            self._sink(self.sink.add, result.hook_output)
+            result.hook_output = None
         records = 0
         for lf, fr in zip(chunk, result.files):
             if fr.error is not None and not os.path.exists(lf.path):
@@ -203,6 +248,7 @@ class _Loop:
         self.status.update(units_done=self.status.units_done + len(imported),
                            records_done=self.status.records_done + records,
                            last_done_at=time.time())
+        self._flush(caught_up=not self._next_chunk())
         if self.on_chunk is not None:
             self.on_chunk(result)
         self._report(force=True)

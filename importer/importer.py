@@ -72,8 +72,9 @@ class ImportOptions:
     create_indexes: bool = True
     chunk_bytes: int = 8 * 1024 * 1024  # compressed bytes of small files imported together
     chunk_files: int = 256
-    timeout_ms: int = 5000
-    # Called per chunk of files (``hook.open(db, names)``): aggregations.importing.AggregatesHook.
+    timeout_ms: int = 3000  # server selection and connect, as documented (docs/mongo.md)
+    # Per chunk ``hook.open(db, names)``, in the importing process ``hook.sink(db)``:
+    # aggregations.importing.AggregatesHook (the aggregates of the imported files).
     hook: Any = None
 
     def dimension_names(self) -> list[str]:
@@ -104,6 +105,7 @@ class ChunkResult:
     rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
     hook_stats: dict[str, int] = field(default_factory=dict)  # what the file hook reports
+    hook_output: Any = None  # handed to the hook's sink in the importing process
 
     @property
     def records(self) -> int:
@@ -212,10 +214,12 @@ def import_dataset(
         chunks = make_chunks(files, options.chunk_bytes, options.chunk_files)
         if progress:
             progress.start(len(files), sum(f.size for f in files))
+        sink = _Sink(options.hook.sink(db) if options.hook is not None else None, summary)
         if options.workers <= 1 or len(chunks) <= 1:
             for chunk in chunks:
                 result = import_files(db, chunk, names, options)
                 summary.add(result)
+                sink.add(result)
                 if progress:
                     progress.update(result)
         else:
@@ -237,8 +241,10 @@ def import_dataset(
                             "an import worker process died; rerun to resume"
                         ) from None
                     summary.add(result)
+                    sink.add(result)
                     if progress:
                         progress.update(result)
+        sink.close()
     finally:
         client.close()
     summary.seconds = time.monotonic() - started
@@ -277,6 +283,35 @@ def check_write_concern(client: pymongo.MongoClient, w: int | str) -> None:
     if w > members:
         raise ImporterError(f"write concern {w} needs {w} members; the replica set "
                             f"{hello['setName']} has {members}")
+
+
+class _Sink:
+    """The hook's sink, if any: its failures become a failed entry of the summary, never a crash."""
+
+    NAME = "(aggregates)"
+
+    def __init__(self, sink: Any, summary: ImportSummary):
+        self.sink = sink
+        self.summary = summary
+
+    def add(self, chunk: ChunkResult) -> None:
+        if self.sink is not None and chunk.hook_output is not None:
+            self._call(self.sink.add, chunk.hook_output)
+            chunk.hook_output = None
+
+    def close(self) -> None:
+        if self.sink is not None:
+            stats = self._call(self.sink.close)
+            for key, n in (stats or {}).items():
+                self.summary.hook_stats[key] = self.summary.hook_stats.get(key, 0) + n
+
+    def _call(self, fn, *args):
+        try:
+            return fn(*args)
+        except (PyMongoError, ImporterError) as e:
+            self.summary.failed.append((self.NAME, f"{self.NAME}: {type(e).__name__}: {e}"))
+            self.sink = None  # what it held is applied by the next run
+            return None
 
 
 def default_workers(url: str) -> int:
@@ -411,7 +446,7 @@ def import_files(
         if done:
             imports.bulk_write(done, ordered=False)
         if hook is not None:
-            chunk.hook_stats = hook.finish(zip(files, chunk.files))
+            chunk.hook_output, chunk.hook_stats = hook.finish(zip(files, chunk.files))
     except (PyMongoError, ImporterError) as e:
         message = f"{type(e).__name__}: {e}"
         for r in chunk.files:

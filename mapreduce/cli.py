@@ -25,7 +25,7 @@ from mapreduce.job import ENGINES, JobConfig, run_job
               help="Location for work files: mapper_M/part_R, reducer_R, the S3 cache, profiles.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="File for the final job output.")
-@click.option("-m", "--num-mappers", metavar="N", type=click.IntRange(min=1),
+@click.option("-m", "--num-mappers", "--workers", "num_mappers", metavar="N", type=click.IntRange(min=1),
               default=os.cpu_count() or 1, show_default="the number of CPUs",
               help="Start N mapper processes.")
 @click.option("-r", "--num-reducers", metavar="N", type=click.IntRange(min=1), default=1,

@@ -81,6 +81,9 @@ class JobResult:
     seconds: float = 0.0
     cpu_seconds: float = 0.0                              # used by the map and reduce tasks
     peak_task_rss_mb: float = 0.0                         # the largest task process's peak RSS
+    # Wall seconds per phase, in order: setup, inputs, [engine start], map, reduce,
+    # [engine stop], output.  What is not map or reduce is the framework's serial cost.
+    phases: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         text = (f"{self.records} records from {self.files} files ({self.bytes / 1e6:.1f} MB) "
@@ -189,15 +192,33 @@ def find_inputs(config: JobConfig, filter: Schema | None, result: JobResult,
     return inputs
 
 
+class _Laps:
+    """Wall seconds per phase of a run, added up into ``phases`` as each phase ends."""
+
+    def __init__(self, phases: dict[str, float]):
+        self.phases = phases
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = self.phases.get(name, 0.0) + now - self._last
+        self._last = now
+
+
 def run_job(config: JobConfig, log=None) -> JobResult:
     """Run a job to completion; raises :class:`ConfigError` or :class:`JobError` on failure."""
     log = log or (lambda message: print(message, file=sys.stderr))
     start = time.perf_counter()
+    result = JobResult(Path(config.output))
+    laps = _Laps(result.phases)
     _check(config)
+    if config.engine == "local":
+        from mapreduce import local_engine
+
+        local_engine.start()  # its start-up runs while this process loads the script and lists
     # Absolute paths: tasks may run elsewhere (Dask workers) with another working directory.
     config = replace(config, data_dir=Path(config.data_dir).absolute(),
                      work_dir=Path(config.work_dir).absolute())
-    result = JobResult(Path(config.output))
     try:
         filter = Schema.load(config.input_filter) if config.input_filter is not None else None
     except SchemaError as e:
@@ -209,6 +230,7 @@ def run_job(config: JobConfig, log=None) -> JobResult:
     work_dir = Path(config.work_dir)
     work_dir.mkdir(exist_ok=True)
     _clear_intermediate(work_dir)
+    laps.lap("setup")
 
     inputs = find_inputs(config, filter, result, log)
     result.files = len(inputs)
@@ -217,6 +239,7 @@ def run_job(config: JobConfig, log=None) -> JobResult:
     if not inputs:
         log("the filter matched no input files: the output is empty")
         output.write_bytes(b"")
+        laps.lap("output")
         result.seconds = time.perf_counter() - start
         return result
 
@@ -232,20 +255,28 @@ def run_job(config: JobConfig, log=None) -> JobResult:
                          config.profile) for i, g in enumerate(groups)]
     reduce_tasks = [ReduceTask(r, tuple(range(mappers)), os.fspath(work_dir), script, memory,
                                config.profile) for r in range(config.num_reducers)]
+    laps.lap("inputs")
     progress = Progress(config.progress)
     try:
         if config.engine == "dask":
             from mapreduce.dask_engine import DaskEngine
 
             with DaskEngine(config.scheduler, mappers) as engine:
-                map_results, reduce_results = engine.run(map_tasks, reduce_tasks, progress)
+                laps.lap("engine start")
+                map_results = engine.map(map_tasks, progress)
+                laps.lap("map")
+                reduce_results = engine.reduce(reduce_tasks, progress)
+                laps.lap("reduce")
+            laps.lap("engine stop")
         else:
             from mapreduce import local_engine
 
             progress.phase("map", len(inputs))
             map_results = local_engine.run_map_tasks(map_tasks, progress)
+            laps.lap("map")
             progress.phase("reduce", len(reduce_tasks), unit="task")
             reduce_results = local_engine.run_reduce_tasks(reduce_tasks, progress)
+            laps.lap("reduce")
     finally:
         progress.close()
 
@@ -257,7 +288,11 @@ def run_job(config: JobConfig, log=None) -> JobResult:
             Path(f.path).unlink(missing_ok=True)
     if not config.keep_work:
         _clear_intermediate(work_dir)
+    laps.lap("output")
     result.seconds = time.perf_counter() - start
+    if config.verbose:
+        log("phases: " + ", ".join(f"{name} {seconds:.2f}s"
+                                   for name, seconds in result.phases.items()))
     return result
 
 

@@ -17,9 +17,11 @@ supervisor's own file (pids, restarts).
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +29,10 @@ import orjson
 
 from receiver.rawlog import FINISHED_SUFFIX
 
+log = logging.getLogger(__name__)
+
 HEARTBEAT_SECONDS = 5.0
+_SAVING = threading.Lock()
 STALE_SECONDS = 3 * HEARTBEAT_SECONDS
 
 
@@ -57,18 +62,33 @@ class StageStatus:
 
     def save(self, force: bool = True) -> None:
         """Write the file now (``force``), or only if the last write is a heartbeat old."""
-        now = time.time()
-        if not force and now - self._saved_at < HEARTBEAT_SECONDS:
-            return
-        self.updated_at = now
-        data = asdict(self)
-        data.pop("_saved_at")
-        data["path"] = str(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(data))
-        os.replace(tmp, self.path)
-        self._saved_at = now
+        with _SAVING:
+            now = time.time()
+            if not force and now - self._saved_at < HEARTBEAT_SECONDS:
+                return
+            self.updated_at = now
+            data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_saved_at"}
+            data["path"] = str(self.path)
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                tmp.write_bytes(orjson.dumps(data))
+                os.replace(tmp, self.path)
+            except OSError as e:  # health is not worth stopping the data for
+                log.warning("cannot write %s: %s", self.path, e)
+            self._saved_at = now
+
+    def keep_alive(self) -> None:
+        """Rewrite the file every heartbeat from a thread, so a stage deep in a long unit
+        (a big file, a slow server) still shows as running."""
+        def beat() -> None:
+            while True:
+                time.sleep(HEARTBEAT_SECONDS / 2)
+                if self.state == "stopped":
+                    return
+                self.save(force=False)
+
+        threading.Thread(target=beat, name=f"{self.stage}-heartbeat", daemon=True).start()
 
 
 def read_status(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -100,6 +100,7 @@ class Pipeline:
         self.hurry = False
         self.state = "starting"
         self.failed: list[str] = []
+        self._locked = False
 
     # -- the commands ---------------------------------------------------------
 
@@ -171,7 +172,8 @@ class Pipeline:
             self._kill_leftovers()
             self._stop_mongo()
             self.state = "stopped"
-            self._write_status()
+            if self._locked:  # never overwrite the status of the pipeline that holds the lock
+                self._write_status()
             for s, h in old.items():
                 signal.signal(s, h)
         self._say("stopped" + (f" with failures: {'; '.join(self.failed)}" if self.failed else ""))
@@ -208,6 +210,7 @@ class Pipeline:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise PipelineError(f"another pipeline runs on {self.dirs.root}") from None
+        self._locked = True
 
     def _start_all(self) -> None:
         c = self.config

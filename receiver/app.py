@@ -180,6 +180,11 @@ class ReceiverApp(httputil.HTTPServerConnectionDelegate):
         """Queue a submission's record; the future resolves when it is durable."""
         return self.writer.submit(encode_record(raw_path, body, int(time.time() * 1000), ip))
 
+    def store_then(self, raw_path: bytes, body: bytes, ip: str | None, callback) -> None:
+        """Like :meth:`store`, calling ``callback(exc)`` (None once durable) instead."""
+        self.writer.submit_callback(encode_record(raw_path, body, int(time.time() * 1000), ip),
+                                    callback)
+
     def client_ip(self, forwarded: str | None, peer: str | None) -> str | None:
         """The IP to store (v2 logs only): X-Forwarded-For as sent, else the peer address."""
         if not self.config.include_request_ip:

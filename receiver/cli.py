@@ -16,7 +16,14 @@ import orjson
 
 from receiver.config import DURABILITY_MODES, EVENT_LOOPS, HTTP_SERVERS, ReceiverConfig
 from receiver.errors import ConfigError, ReceiverError
-from receiver.rawlog import MAX_INFLATED, DataTooLarge, RawLogError, RawLogReader, ReadStats
+from receiver.rawlog import (
+    MAX_INFLATED,
+    DataTooLarge,
+    RawLogError,
+    RawLogReader,
+    ReadStats,
+    finished_files,
+)
 from receiver.replay import replay
 
 
@@ -84,17 +91,21 @@ def rawlog_group() -> None:
 
 
 @rawlog_group.command("cat")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--raw", is_flag=True, help="Do not gunzip bodies before showing them.")
 @click.option("--no-data", is_flag=True, help="Leave the body out of the output.")
 @click.option("--max-uncompressed", type=click.IntRange(1), default=MAX_INFLATED, show_default=True,
               help="Largest inflated body shown, in bytes (as the converter's max_uncompressed); "
                    "a larger one is left out, with data_error saying so.")
 def cat_command(files: tuple[str, ...], raw: bool, no_data: bool, max_uncompressed: int) -> None:
-    """Print each record as a JSON line (path, timestamp, ip, data length, data as text)."""
+    """Print each record as a JSON line (path, timestamp, ip, data length, data as text).
+
+    FILES are raw logs of any name, or directories (their .finished files), as
+    ``process`` and ``replay`` take them.
+    """
     out = sys.stdout.buffer
     too_large = 0
-    for name in files:
+    for name in expand_files(files):
         reader = RawLogReader(name)
         try:
             for rec in reader:
@@ -114,13 +125,18 @@ def cat_command(files: tuple[str, ...], raw: bool, no_data: bool, max_uncompress
 
 
 @rawlog_group.command("stats")
-@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per file, then the total.")
 def stats_command(files: tuple[str, ...], as_json: bool) -> None:
-    """Count records, bytes, skipped bytes and errors per file and in total."""
+    """Count records, bytes, skipped bytes and errors per file and in total.
+
+    FILES are raw logs or directories (their .finished files).  Exit 1 when a
+    file holds bytes but not one record: it is not a raw log.
+    """
     total = ReadStats()
     rows = []
-    for name in _progress(files):
+    not_raw_logs = []
+    for name in _progress(expand_files(files)):
         try:
             stats = file_stats(name)
         except OSError as e:
@@ -129,6 +145,8 @@ def stats_command(files: tuple[str, ...], as_json: bool) -> None:
         rows.append((name, stats))
         for line in stats.errors:
             click.echo(f"warning: {line}", err=True)
+        if stats.records == 0 and stats.skipped_bytes:
+            not_raw_logs.append(name)
     if len(rows) > 1:
         rows.append(("total", total))
     for name, s in rows:
@@ -139,6 +157,22 @@ def stats_command(files: tuple[str, ...], as_json: bool) -> None:
         else:
             click.echo(f"{name}: records={s.records} bytes={s.bytes} skipped={s.skipped_bytes} "
                        f"errors={len(s.errors)} truncated={'yes' if s.truncated else 'no'}")
+    if not_raw_logs:
+        raise click.ClickException(f"not a raw log (no record found): {', '.join(not_raw_logs)}")
+
+
+def expand_files(paths: tuple[str, ...]) -> list[str]:
+    """Files as given, and the .finished files of directories (sorted), as ``process`` reads them."""
+    out = []
+    for p in paths:
+        if Path(p).is_dir():
+            found = finished_files(p)
+            if not found:
+                click.echo(f"warning: no .finished raw logs in {p}", err=True)
+            out.extend(str(f) for f in found)
+        else:
+            out.append(p)
+    return out
 
 
 def file_stats(path: str | Path) -> ReadStats:

@@ -66,7 +66,7 @@ class LogWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="rawlog-writer")
         # Event-loop side.
         self._records: list[bytes] = []
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list = []  # one per record: a future, or a callback taking an exception
         self._flushing: asyncio.Future | None = None
         self._closed = False
         # Writer-thread side.
@@ -92,12 +92,29 @@ class LogWriter:
         if self._closed:
             fut.set_exception(StorageError("the raw-log writer is shut down"))
             return fut
+        self._queue(record, fut)
+        return fut
+
+    def submit_callback(self, record: bytes, callback) -> None:
+        """Queue one encoded record; ``callback(exc)`` runs on the event loop once it is
+        durable (``exc`` None) or failed (a :class:`StorageError`).
+
+        The cheaper form of :meth:`submit` for the fast front end: no future
+        per request, and the callback runs directly after the batch instead
+        of being scheduled as a future's done-callback.
+        """
+        if self._closed:
+            callback(StorageError("the raw-log writer is shut down"))
+            return
+        self._queue(record, callback)
+
+    def _queue(self, record: bytes, waiter) -> None:
         self._records.append(record)
-        self._waiters.append(fut)
+        self._waiters.append(waiter)
         if self._flushing is None:
+            loop = asyncio.get_running_loop()
             self._flushing = loop.create_future()
             loop.create_task(self._flush_loop())
-        return fut
 
     async def append(self, record: bytes) -> None:
         """Write one encoded record and wait until it is durable."""
@@ -136,13 +153,17 @@ class LogWriter:
                         e = StorageError(f"unexpected error writing the raw log: {e!r}")
                     self.metrics.write_error()
                     for w in waiters:
-                        if not w.done():
+                        if not isinstance(w, asyncio.Future):
+                            _call(w, e)
+                        elif not w.done():
                             w.set_exception(e)
                     continue
                 self.metrics.batch(len(records), elapsed)
                 self.metrics.stored(len(records), len(data))
                 for w in waiters:
-                    if not w.done():
+                    if not isinstance(w, asyncio.Future):
+                        _call(w, None)
+                    elif not w.done():
                         w.set_result(None)
         finally:
             self._flushing = None
@@ -262,6 +283,13 @@ class LogWriter:
             pass
         finally:
             os.close(dfd)
+
+
+def _call(callback, exc: BaseException | None) -> None:
+    try:
+        callback(exc)
+    except Exception:  # one broken waiter must not keep the others from their answers
+        log.exception("error in a raw-log callback")
 
 
 def finalize_file(path: str | os.PathLike) -> Path | None:

@@ -32,6 +32,7 @@ import base64
 import hashlib
 import logging
 import os
+import re
 import signal
 import ssl
 import sys
@@ -61,6 +62,8 @@ RETRY_4XX = (408, 429)
 # path was taken from a URL, so existing %-escapes must survive.
 _URL_SAFE = "/%:@!$&'()*+,;=-._~"
 MAX_LOGGED = 20
+# In a --dest template: a % that starts neither %k nor a %XX escape.
+_PLACEHOLDER = re.compile(r"%(?!k|[0-9A-Fa-f]{2}).?")
 STATE_VERSION = 1
 
 
@@ -98,6 +101,7 @@ class ReplayConfig:
     batch: int = 200
     poll: float = 1.0
     progress: bool = False
+    give_up_after: int | None = None  # records failing in a row unanswered; None: max(4, concurrency)
 
     def __post_init__(self) -> None:
         self.sources = [Path(s) for s in self.sources]
@@ -107,6 +111,14 @@ class ReplayConfig:
             raise ReplayError(f"destination must be an http:// or https:// URL, not {self.dest!r}")
         if not self.dest.isascii() or any(c in self.dest for c in " \r\n\t"):
             raise ReplayError(f"destination must be an escaped URL (ASCII, no spaces): {self.dest!r}")
+        bad = _PLACEHOLDER.search(self.dest)
+        if bad:
+            raise ReplayError(f"destination {self.dest!r}: {bad.group(0)!r} is neither the %k "
+                              f"placeholder (the record's path) nor a %XX escape")
+        if self.give_up_after is None:
+            self.give_up_after = max(4, self.concurrency)
+        if self.give_up_after < 1:
+            raise ReplayError("give_up_after must be at least 1")
         if self.proxy and urlsplit(self.proxy).scheme not in ("http", "https"):
             raise ReplayError(f"proxy must be an http:// or https:// URL, not {self.proxy!r}")
         if not 0 < self.sample <= 1:
@@ -146,6 +158,7 @@ class ReplaySummary:
     files: int = 0
     skipped_bytes: int = 0
     interrupted: bool = False
+    gave_up: str | None = None  # why the replay stopped by itself (the destination is down)
     seconds: float = 0.0
     messages: list[str] = field(default_factory=list)
 
@@ -162,7 +175,8 @@ class ReplaySummary:
                  f"{self.retries} retries" if self.retries else "",
                  f"{self.resumed} already done before" if self.resumed else "",
                  f"{self.skipped_bytes} corrupt bytes skipped" if self.skipped_bytes else "",
-                 "stopped early" if self.interrupted else ""]
+                 f"gave up: {self.gave_up}" if self.gave_up else
+                 ("stopped early" if self.interrupted else "")]
         extra = [e for e in extra if e]
         text += f" ({', '.join(extra)})" if extra else ""
         return text + f" in {self.seconds:.1f}s, {rate:.0f} req/s"
@@ -495,6 +509,26 @@ class Sender:
         self.client = client
         self.stop = stop
         self.limiter = RateLimiter(config.rate)
+        self.unanswered = 0  # records in a row that failed without any response
+        self.gave_up: str | None = None
+
+    def _outcome(self, outcome: Outcome, answered: bool, problem: str = "") -> Outcome:
+        """Note whether the destination answers; stop the replay when it is plainly down.
+
+        When ``give_up_after`` records in a row failed every attempt without
+        an answer (refused, timed out), the rest would only fail the same way,
+        slowly: the replay stops, and records not sent stay unfinished for a
+        rerun to resume.
+        """
+        if answered:
+            self.unanswered = 0
+        elif outcome.status == FAILED:
+            self.unanswered += 1
+            if self.unanswered >= self.config.give_up_after and self.gave_up is None:
+                self.gave_up = (f"the destination did not answer {self.unanswered} records in a "
+                                f"row ({problem})")
+                self.stop.set()
+        return outcome
 
     def request_for(self, record: Record) -> tuple[str, str, bytes, dict[str, str]]:
         key = record.path if self.config.copy_keys else new_key(record.path)
@@ -521,12 +555,15 @@ class Sender:
             except HttpProblem as e:
                 status, problem = 0, str(e)
             if 200 <= status < 300:
-                return Outcome(DELIVERED, attempt - 1)
+                return self._outcome(Outcome(DELIVERED, attempt - 1), True)
             if 300 <= status < 500 and status not in RETRY_4XX:
-                return Outcome(REJECTED, attempt - 1, f"{method} {shown(url)}: {problem}")
+                return self._outcome(
+                    Outcome(REJECTED, attempt - 1, f"{method} {shown(url)}: {problem}"), True)
             if attempt == config.attempts:
-                return Outcome(FAILED, attempt - 1,
-                               f"{method} {shown(url)}: {problem} after {attempt} attempts")
+                return self._outcome(Outcome(FAILED, attempt - 1,
+                                             f"{method} {shown(url)}: {problem} after {attempt} "
+                                             f"attempts"),
+                                     status != 0, problem)
             delay = min(config.max_backoff, config.backoff * 2 ** (attempt - 1))
             if await _pause(delay, self.stop):
                 return Outcome(INTERRUPTED, attempt - 1)
@@ -602,6 +639,7 @@ async def _replay(config: ReplayConfig, state: ReplayState, stop: threading.Even
                 break
             await _pause(config.poll, stop)
     finally:
+        summary.gave_up = sender.gave_up
         await client.close()
 
 
@@ -709,12 +747,19 @@ def _count(outcome: Outcome, summary: ReplaySummary) -> None:
         summary.deletes_skipped += 1
     elif outcome.status == REJECTED:
         summary.rejected += 1
-        log.warning("rejected: %s", outcome.message)
-        summary.note(f"rejected: {outcome.message}")
+        _log_capped(summary, logging.WARNING, f"rejected: {outcome.message}")
     elif outcome.status == FAILED:
         summary.failed += 1
-        log.error("failed: %s", outcome.message)
-        summary.note(f"failed: {outcome.message}")
+        _log_capped(summary, logging.ERROR, f"failed: {outcome.message}")
+
+
+def _log_capped(summary: ReplaySummary, level: int, message: str) -> None:
+    """Log the first MAX_LOGGED problems; the summary counts them all."""
+    if len(summary.messages) < MAX_LOGGED:
+        log.log(level, "%s", message)
+    elif len(summary.messages) == MAX_LOGGED:
+        log.log(level, "more problems are not shown; the summary counts them")
+    summary.note(message)
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -758,13 +803,18 @@ def _stop_on_signals(stop: threading.Event) -> None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True,
               help="Seconds to wait for one response.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr [default: when stderr is a terminal].")
+@click.option("--give-up-after", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop when N records in a row got no answer after every attempt "
+                   "[default: max(4, --concurrency)].")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None,
               help="PEM file of extra CA certificates for an https:// destination or proxy.")
 def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, delete: bool,
            proxy: str | None, concurrency: int, rate: float | None, follow: bool,
            state: Path | None, seed: int, attempts: int, timeout: float,
-           ca_file: Path | None) -> None:
+           give_up_after: int | None, ca_file: Path | None, progress: bool | None) -> None:
     """Send the submissions in raw logs RAW... (files, or directories of .finished files) to --dest.
 
     The raw logs are only read, never changed.  Exit status 1 when a record
@@ -776,7 +826,9 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
         config = ReplayConfig(sources=list(raw), dest=dest, sample=sample, copy_keys=copy_keys,
                               delete=delete, proxy=proxy, concurrency=concurrency, rate=rate,
                               follow=follow, state=state, seed=seed, attempts=attempts,
-                              timeout=timeout, ca_file=ca_file, progress=sys.stderr.isatty())
+                              timeout=timeout, ca_file=ca_file,
+                              progress=sys.stderr.isatty() if progress is None else progress,
+                              give_up_after=give_up_after)
     except ReplayError as e:
         raise click.UsageError(str(e)) from None
     stop = threading.Event()
@@ -789,6 +841,9 @@ def replay(raw: tuple[Path, ...], dest: str, sample: float, copy_keys: bool, del
             click.echo(done.describe(), err=True)
         raise click.ClickException(str(e)) from None
     click.echo(summary.describe(), err=True)
+    if summary.gave_up:
+        raise click.ClickException(f"gave up: {summary.gave_up}; the records not sent are left "
+                                   f"for a rerun" + (" (--state resumes)" if state else ""))
     if summary.failed:
         raise click.ClickException(f"{summary.failed} record(s) could not be delivered")
 

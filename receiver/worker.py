@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import resource
 import signal
 import socket
@@ -64,6 +65,8 @@ def _raise_open_files_limit(connections: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = connections + 64
     if soft != resource.RLIM_INFINITY and soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want and os.geteuid() == 0:
+            hard = want  # root may raise the hard limit as well
         new = want if hard == resource.RLIM_INFINITY else min(want, hard)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))

@@ -22,6 +22,7 @@ from typing import Callable
 import click
 
 from aggregations.formats import format_rows
+from aggregations.importing import AggregatesHook
 from aggregations.pipelines import build_pipeline, run_pipeline
 from converter.layout import find_layout_files
 from converter.process import ConverterConfig, process
@@ -114,7 +115,8 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
     with serve_histograms(workdir / "hg") as hg:
         step("receive")
         raw_dir = workdir / "raw"
-        config = ReceiverConfig(log_path=str(raw_dir), port=0, workers=workers, include_request_ip=True)
+        config = ReceiverConfig(log_path=str(raw_dir), port=0, workers=workers, include_request_ip=True,
+                                stats_log_file=str(workdir / "stats.log"))
         fleet = Fleet(records, seed=DEMO_SEED, scenario=DEMO_SCENARIO)
         result.regression_build = fleet.regression_build
         echo("a simulated fleet (telemetry simulate --describe):")
@@ -159,7 +161,9 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
         mongo_url = server.url
         echo(f"embedded MongoDB-wire server (SecantusDB) on {mongo_url}")
     try:
-        imported = import_dataset(layout, mongo_url, ImportOptions(drop=True, workers=workers))
+        # The importer keeps the aggregates that telemetry dashboard serves (docs/aggregates.md).
+        imported = import_dataset(layout, mongo_url, ImportOptions(
+            drop=True, workers=workers, hook=AggregatesHook(histogram_cache=str(workdir / "hg"))))
         echo(imported.describe())
         result.imported = imported.inserted
 
@@ -209,15 +213,17 @@ def run_demo(workdir: Path, records: int = 2000, workers: int = 2, mongo_url: st
 
 
 @click.command()
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
+@click.option("--workdir", "--work-dir", "workdir", type=click.Path(path_type=Path), default=Path("demo-output"), show_default=True,
               help="Where everything is written: a new or empty directory, or one an earlier demo "
                    "made (emptied first).")
 @click.option("--records", type=click.IntRange(1, 100_000), default=2000, show_default=True,
               help="How many simulated submissions to post.")
-@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="Receiver and converter worker processes.")
 @click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", default=None,
               help="Use this MongoDB instead of a throwaway embedded server.")
-@click.option("--replay/--no-replay", default=True, show_default=True)
+@click.option("--replay/--no-replay", default=True, show_default=True,
+              help="Finally replay everything received into a second receiver and compare.")
 @click.option("--serve", is_flag=True,
               help="Run the live pipeline (telemetry pipeline) with simulated traffic until Ctrl-C.")
 @click.option("--rate", type=click.FloatRange(0, min_open=True), default=20.0, show_default=True,

@@ -86,3 +86,29 @@ def mongo_db(mongo_client):
     name = f"t_{uuid.uuid4().hex[:16]}"
     yield mongo_client[name]
     mongo_client.drop_database(name)
+
+
+# --- Browser (owned by the dashboard engineer) -------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium per test module: Debian's, driven by Playwright (never a downloaded one).
+
+    Per module, not per session: while Playwright's sync API is open, its
+    event loop counts as running in the main thread, so a later test's
+    ``asyncio.run`` (replay, the fleet's sender) would fail in that worker.
+
+    ``./scripts/test`` installs it (``apt-get install chromium``); a missing
+    browser fails the tests that need it, it never skips them.
+    """
+    from playwright.sync_api import sync_playwright
+
+    from dashboard.screenshots import NoChromium, launch
+
+    with sync_playwright() as p:
+        try:
+            chromium = launch(p)
+        except NoChromium as e:
+            pytest.fail(str(e))
+        yield chromium
+        chromium.close()

@@ -35,3 +35,34 @@ def test_a_command_does_not_import_the_other_packages():
             "print(sorted(m for m in ('boto3', 'pymongo', 'distributed') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    import click
+
+    from telemetry.cli import COMMANDS, main
+
+    missing = []
+
+    def walk(command, name):
+        if isinstance(command, click.Group):
+            for sub, c in command.commands.items():
+                walk(c, f"{name} {sub}")
+            return
+        missing.extend(f"{name} {'/'.join(p.opts)}" for p in command.params
+                       if isinstance(p, click.Option) and not p.help and not p.hidden)
+
+    for name in COMMANDS:
+        walk(main.get_command(None, name), name)
+    assert missing == []
+
+
+def test_the_same_thing_has_the_same_flag_name_everywhere():
+    from telemetry.cli import main
+
+    def flags(name):
+        return {o for p in main.get_command(None, name).params for o in p.opts}
+
+    assert {"--workdir", "--work-dir"} <= flags("demo")  # the original spelling is kept
+    assert {"--num-mappers", "--workers"} <= flags("compare")
+    assert {"-m", "--num-mappers", "--workers"} <= flags("mapreduce")

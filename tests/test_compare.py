@@ -162,3 +162,16 @@ def test_compare_cli_errors(args, code):
     assert (
         result.exit_code == code and "Error:" in result.output and "Traceback" not in result.output
     )
+
+
+def test_a_wide_comparison_is_shown_one_figure_per_line():
+    from aggregations.compare import Comparison
+
+    columns = ["appUpdateChannel", "n_buckets", "count", "buckets", "sum", "log_sum",
+               "log_sum_squares", "sum_squares_lo", "sum_squares_hi"]
+    row = {"appUpdateChannel": "release", "n_buckets": 20, "count": 3,
+           "buckets": list(range(20)), "sum": 12345, "log_sum": 1.5, "log_sum_squares": 2.5,
+           "sum_squares_lo": 7, "sum_squares_hi": 0}
+    text = Comparison("histogram", columns, ["appUpdateChannel"], [row], [row]).describe()
+    assert max(len(line) for line in text.splitlines()) <= 120
+    assert any(line.split()[:2] == ["release", "log_sum_squares"] for line in text.splitlines())

@@ -62,7 +62,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def test_index_lists_the_endpoints(service):
-    r = get(service, "/")
+    r = get(service, "/api/")
     assert r.status_code == 200
     assert "/aggregates_by/" in r.text and "/filters/" in r.text
 
@@ -150,7 +150,7 @@ def test_histograms_match_an_independent_sum(service, pings, by, metric, filters
     body = r.json()
     newest = None
     if metric.endswith("GC_MS"):
-        newest = ap.HISTOGRAMS_NEW["GC_MS"] if len(body["buckets"]) == 30 else ap.HISTOGRAMS["GC_MS"]
+        newest = (ap.HISTOGRAMS_NEW if len(body["buckets"]) == 30 else ap.HISTOGRAMS)["GC_MS"]
     want = ap.expected(pings, by, "nightly", "45", dates, metric, filters, newest)
     got = {(d["date"], d["label"]): [d["histogram"], d["sum"], d["count"]] for d in body["data"]}
     assert got == want
@@ -325,3 +325,11 @@ def test_mongo_down_is_503_not_500(tmp_path):
         r = requests.get(s.url + "/aggregates_by/build_id/channels/", timeout=30)
         assert r.status_code == 503 and r.json()["code"] == 503
         assert "mongo_errors_total 1" in requests.get(s.url + "/metrics", timeout=10).text
+
+
+def test_a_missing_revision_is_asked_for_again_later(tmp_path):
+    cache = tmp_path / "cache"
+    defs = Definitions(RevisionCache(cache, None, failure_ttl=0), retry_seconds=0)
+    assert defs.get(ap.REVISION, "GC_MS") is None
+    ap.write_revisions(cache)  # published meanwhile
+    assert defs.get(ap.REVISION, "GC_MS").kind == "exponential"

@@ -590,3 +590,44 @@ def test_a_filter_whose_names_are_not_the_schemas_is_warned_about(tmp_path, fixt
                       output=output, input_filter=bad, num_mappers=1), log=messages.append)
     assert any("input filter dimension 2 is 'appUpdateChannel', but the packaged schema's is "
                "'appName'" in m for m in messages)
+
+
+# --- fixed costs: what a run does besides mapping ---------------------------------------------
+
+def test_task_processes_start_without_importing_the_framework_again(tmp_path, fixtures_dir):
+    """The fork server holds the framework, so a task imports only the job script's own needs.
+
+    Each task used to import the local engine, tqdm (and importlib.metadata) for itself,
+    about 0.1 s of CPU per task; this checks what a task process had imported before its
+    script ran, and that the job's parent did not import tqdm with no bar to show.
+    """
+    job = write_job(tmp_path, """
+        import os, sys
+        LOADED = sorted(sys.modules)        # before anything of the map runs
+        def map(key, dims, value, context):
+            context.write(os.getpid(), "tqdm" in LOADED)
+            context.write(os.getpid(), "mapreduce.local_engine" in LOADED)
+        def reduce(key, values, context):
+            context.write(key, ",".join(sorted({str(v) for v in values})))
+    """)
+    result, out = run(tmp_path, job, fixtures_dir / "converted", num_mappers=2)
+    assert result.mappers == 2
+    found = dict(line.split("\t") for line in out.splitlines())
+    # Two mapper processes, each with the engine already loaded and without tqdm.
+    assert len(found) == 2 and set(found.values()) == {"False,True"}
+    check = subprocess.run([sys.executable, "-c", "import sys, mapreduce.job, mapreduce.cli; "
+                            "print('tqdm' in sys.modules)"], capture_output=True, text=True,
+                           cwd=REPO)
+    assert check.stdout.strip() == "False", check.stderr
+
+
+def test_result_times_each_phase(tmp_path, fixtures_dir):
+    result, _ = run(tmp_path, EXAMPLES / "record_count.py", fixtures_dir / "converted")
+    assert list(result.phases) == ["setup", "inputs", "map", "reduce", "output"]
+    assert all(s >= 0 for s in result.phases.values())
+    assert sum(result.phases.values()) <= result.seconds
+    res = CliRunner().invoke(mapreduce_command, [
+        str(EXAMPLES / "record_count.py"), "-f", str(FILTER_ALL), "-d",
+        str(fixtures_dir / "converted"), "-w", str(tmp_path / "w2"), "-o", str(tmp_path / "o2"),
+        "-l", "-m", "2", "-v"])
+    assert res.exit_code == 0 and "phases: setup " in res.output and " reduce " in res.output

@@ -16,11 +16,11 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "mapreduce" / "examples"
 
 @pytest.fixture(scope="module")
 def scheduler():
-    """One LocalCluster for the module: two single-threaded worker processes on loopback."""
-    from distributed import LocalCluster
+    """One cluster for the module, the one the engine starts without a scheduler address:
+    two single-threaded worker processes on loopback."""
+    from mapreduce.dask_engine import local_cluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                      dashboard_address="127.0.0.1:0") as cluster:
+    with local_cluster(2) as cluster:
         yield cluster.scheduler_address
 
 
@@ -74,3 +74,31 @@ def test_cli_runs_the_dask_engine_on_a_scheduler(tmp_path, scheduler, fixtures_d
         "--engine", "dask", "--scheduler", scheduler])
     assert res.exit_code == 0, res.output
     assert out.read_text() == "WINNT\t5\n"
+
+
+def test_an_unreachable_scheduler_is_reported_at_once(tmp_path):
+    import socket
+
+    from mapreduce.dask_engine import DaskEngine
+    from mapreduce.errors import JobError
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(JobError, match="cannot reach the Dask scheduler .*Connection refused"):
+        with DaskEngine(address, 1):
+            pass
+
+
+def test_the_engines_own_cluster_runs_without_dashboard_chores(scheduler):
+    """Its workers neither profile nor monitor every few ms (that took CPU and the GIL from
+    the tasks), and the caller's own Dask configuration is left as it was."""
+    import dask
+    from distributed import Client
+
+    from mapreduce.dask_engine import QUIET_CLUSTER
+
+    with Client(scheduler, timeout="30s") as client:
+        seen = client.run(lambda: {key: dask.config.get(key) for key in QUIET_CLUSTER})
+    assert len(seen) == 2 and all(s == QUIET_CLUSTER for s in seen.values())
+    assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -137,6 +137,11 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
         status = subprocess.run([TELEMETRY, "pipeline", "status", "--data-dir", str(data)],
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stdout
+        second = subprocess.run([TELEMETRY, "pipeline",
+                                 *pipeline_args(data, mongo_url, mongo_db.name, cache)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "another pipeline runs on" in second.stderr
+        assert read_status(data / "pipeline" / "supervisor.json")["state"] == "running"
 
         # kill the converter and the importer: each is restarted and picks up where it was
         supervisor = read_status(data / "pipeline" / "supervisor.json")

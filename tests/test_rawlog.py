@@ -237,3 +237,24 @@ def test_cat_does_not_inflate_a_decompression_bomb(tmp_path):
     with pytest.raises(DataTooLarge):
         inflate(bomb)
     assert len(inflate(bomb, max_size=None)) == 20_000_000
+
+
+def test_rawlog_takes_directories_and_says_when_a_file_is_not_a_raw_log(tmp_path):
+    import os
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    write_records(spool / "a.v2.h.1.2.finished", [Record("a", b"1", TS, "1.1.1.1")], 2)
+    write_records(spool / "b.v2.h.1.3.finished", [Record("b", b"2", TS, "1.1.1.1")], 2)
+    (spool / "c.v2.h.1.4").write_bytes(b"unfinished: not read")
+    runner = CliRunner()
+    res = runner.invoke(rawlog_group, ["cat", str(spool)])
+    assert res.exit_code == 0, res.output
+    assert [orjson.loads(line)["path"] for line in res.stdout.splitlines()] == ["a", "b"]
+    res = runner.invoke(rawlog_group, ["stats", str(spool)])
+    assert res.exit_code == 0 and "total: records=2" in res.stdout
+
+    noise = tmp_path / "random.bin"
+    noise.write_bytes(os.urandom(4096))
+    res = runner.invoke(rawlog_group, ["stats", str(noise)])
+    assert res.exit_code == 1 and f"not a raw log (no record found): {noise}" in res.output

@@ -683,7 +683,7 @@ def test_response_shapes(tmp_path, reply, close_after, delivered, reused):
     try:
         write_raw_dir(tmp_path / "raw", make_raw_records(20))
         summary = replay_logs(cfg([tmp_path / "raw"], target.url + "/submit/telemetry/%k", attempts=2,
-                                  concurrency=2, timeout=5))
+                                  concurrency=2, timeout=5, give_up_after=100))
     finally:
         target.stop()
     assert (summary.delivered, summary.failed) == (delivered, 20 - delivered)
@@ -722,3 +722,45 @@ def test_a_state_file_that_fails_mid_way_is_reported_with_the_summary(server, tm
                                          "--state", str(tmp_path / "s.json")])
     assert result.exit_code == 1 and "disk full" in result.output
     assert "replay: 1 files, read 3, sampled out 0, delivered 3" in result.output
+
+
+def test_a_dead_destination_stops_the_replay_early_with_one_summary(server, tmp_path):
+    dead = server(listen=False)  # bound, not listening: every connection is refused
+    records = make_raw_records(300)
+    write_raw_dir(tmp_path / "raw", records)
+    state = tmp_path / "state.json"
+    config = cfg([tmp_path / "raw"], dead.url + "/submit/telemetry/%k", attempts=2, state=state)
+    summary = replay_logs(config)
+    assert summary.gave_up and "did not answer 8 records in a row" in summary.gave_up
+    assert "ConnectionRefusedError" in summary.gave_up
+    assert summary.failed < 300 and summary.delivered == 0
+    assert "gave up:" in summary.describe()
+
+    result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest",
+                                         dead.url + "/submit/telemetry/%k", "--attempts", "1",
+                                         "--concurrency", "4"])
+    assert result.exit_code == 1
+    assert "Error: gave up: the destination did not answer 4 records in a row" in result.stderr
+    assert len(result.stderr.splitlines()) <= 4 + 2  # a few failures, the summary, the error
+
+    dead.start()  # back: the rerun resumes and delivers everything not failed before
+    again = replay_logs(config)
+    assert again.gave_up is None and again.delivered + summary.failed == 300
+
+
+@pytest.mark.parametrize("dest", ["http://h/submit/%q", "http://h/%k%", "http://h/%zz/%k"])
+def test_unknown_placeholders_in_the_destination_are_refused(tmp_path, dest):
+    write_raw_dir(tmp_path / "raw", make_raw_records(1))
+    result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest", dest])
+    assert result.exit_code == 2 and "is neither the %k placeholder" in result.output
+    # escapes stay allowed
+    ReplayConfig(sources=[tmp_path / "raw"], dest="http://h/a%20b/%k")
+
+
+def test_progress_can_be_asked_for_off_a_terminal(server, tmp_path):
+    target = server()
+    write_raw_dir(tmp_path / "raw", make_raw_records(10))
+    result = CliRunner().invoke(replay, [str(tmp_path / "raw"), "--dest",
+                                         target.url + "/submit/telemetry/%k", "--progress"])
+    assert result.exit_code == 0, result.output
+    assert "replay:" in result.stderr and "rec" in result.stderr.split("replay: 1 files")[0]
