@@ -129,6 +129,10 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
         metrics = requests.get(f"{api}/metrics", timeout=10).text
         assert 'telemetry_pipeline_stage_up{stage="importer"} 1' in metrics
         assert 'telemetry_pipeline_stage_lag_seconds{stage="converter"}' in metrics
+        # the operations view reads the receiver's stats log the pipeline gave it
+        operations = requests.get(f"{api}/operations/", timeout=10).json()
+        assert operations["receiver"]["status_codes"].get("200", 0) >= 20, operations
+        assert not [p for p in operations["problems"] if "--stats-log" in p or "--raw-logs" in p]
 
         # health while running: every stage up, no backlog
         health = wait_for(lambda: (lambda h: h if all(s["up"] for s in h["stages"].values())
