@@ -1047,6 +1047,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [s for s in SCENARIOS if not args.only or any(o in s.name for o in args.only)]
     if not chosen:
         ap.error("no scenario matches --only")
+    # SIGTERM (a timeout, Ctrl-C's cousin) unwinds like an exception: tmpfs unmounted, servers stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="chaos-"))
     ctx = Context(work, stage_log=args.stage_log or work / "stages.log")
     ctx.cache["no_tmpfs"] = args.no_tmpfs

@@ -332,6 +332,7 @@ def run_fuzz(streams: int, seed: int = 1, concurrency: int = 48, workdir: str | 
             continue
         why = _explain(data, (fast, fast_closed), (tornado, tornado_closed))
         if why is None and fast == tornado and sid in retried:
+            explained.add(sid)
             continue  # its records were sent twice, the first time cut short
         if why is not None:
             report.documented[why] += 1

@@ -53,6 +53,11 @@ class DataDir:
         return self.root / "pipeline"
 
     @property
+    def stats_log(self) -> Path:
+        """The receiver's stats log, read by the API server's operations view."""
+        return self.state / "stats.log"
+
+    @property
     def supervisor_status(self) -> Path:
         return self.state / "supervisor.json"
 

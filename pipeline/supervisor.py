@@ -109,7 +109,8 @@ class Pipeline:
 
     def _receiver_argv(self, port: int) -> list[str]:
         c = self.config
-        values = {"workers": c.receiver_workers, **c.receiver, "log_path": str(self.dirs.raw),
+        values = {"workers": c.receiver_workers, "stats_log_file": str(self.dirs.stats_log),
+                  **c.receiver, "log_path": str(self.dirs.raw),
                   "port": port, "host": c.host, "max_log_age_ms": c.rotation_age_ms}
         path = self.dirs.state / "receiver.json"
         path.write_bytes(orjson.dumps(values, option=orjson.OPT_INDENT_2))
@@ -130,28 +131,26 @@ class Pipeline:
         c = self.config
         argv = self._telemetry("import", "--follow", str(self.dirs.layout),
                                "--mongo-url", self.mongo_url, "-d", c.database)
-        argv += self._aggregate_options("import")
+        argv += self._histogram_options()
         return argv + (["--drain"] if drain else [])
 
     def _api_argv(self, port: int) -> list[str]:
         c = self.config
-        argv = self._telemetry("dashboard", "--host", c.host, "--port", str(port),
-                               "--mongo-url", self.mongo_url, "-d", c.database)
-        return argv + self._pipeline_option()
+        # The operations view finds the raw logs and error output under --pipeline-dir; the
+        # receiver's stats log is the one given to it above, unless a receiver key names another.
+        stats_log = c.receiver.get("stats_log_file") or str(self.dirs.stats_log)
+        return self._telemetry("dashboard", "--host", c.host, "--port", str(port),
+                               "--mongo-url", self.mongo_url, "-d", c.database,
+                               "--pipeline-dir", str(self.dirs.root), "--stats-log", stats_log)
 
-    def _aggregate_options(self, command: str) -> list[str]:
-        """Histogram options for a command that takes them (the importer, once it aggregates)."""
+    def _histogram_options(self) -> list[str]:
+        """The histogram options of the aggregating importer."""
         argv = []
-        if _has_option(command, "--histogram-cache") and self.config.histogram_cache:
+        if self.config.histogram_cache:
             argv += ["--histogram-cache", str(Path(self.config.histogram_cache).absolute())]
-        if _has_option(command, "--histogram-server") and self.config.histogram_server:
+        if self.config.histogram_server:
             argv += ["--histogram-server", self.config.histogram_server]
         return argv
-
-    def _pipeline_option(self) -> list[str]:
-        if _has_option("dashboard", "--pipeline-dir"):
-            return ["--pipeline-dir", str(self.dirs.root)]
-        return []
 
     # -- running --------------------------------------------------------------
 
@@ -217,12 +216,8 @@ class Pipeline:
         ports = {"receiver": c.port, "api": c.dashboard_port}
         # Consumers first, so that the first raw log finds its converter waiting.
         if c.api:
-            if not _has_command("dashboard"):
-                self._say("no `telemetry dashboard` command in this installation: "
-                          "running without the API server")
-            else:
-                self.stages["api"] = Stage("api", lambda d: self._api_argv(ports["api"]),
-                                           announces_url=True)
+            self.stages["api"] = Stage("api", lambda d: self._api_argv(ports["api"]),
+                                       announces_url=True)
         self.stages["importer"] = Stage("importer", self._importer_argv)
         self.stages["converter"] = Stage("converter", self._converter_argv)
         self.stages["receiver"] = Stage("receiver", lambda d: self._receiver_argv(ports["receiver"]),
@@ -429,22 +424,3 @@ def _describe_exit(code: int | None) -> str:
     if code < 0:
         return f"killed by {signal.Signals(-code).name}"
     return f"exited with code {code}"
-
-
-def _has_command(name: str) -> bool:
-    from telemetry.cli import COMMANDS
-
-    return name in COMMANDS
-
-
-@functools.cache
-def _has_option(command: str, option: str) -> bool:
-    """Whether ``telemetry COMMAND`` takes ``option`` in this installation."""
-    if not _has_command(command):
-        return False
-    from telemetry.cli import main
-
-    import click
-
-    cmd = main.get_command(click.Context(main), command)
-    return any(option in p.opts for p in cmd.params)

@@ -26,6 +26,25 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="module")
+def base(fixtures_dir):
+    """The real Firefox ping of the fixture raw log, as variations of it are made from."""
+    from converter.variations import base_record
+
+    return base_record(fixtures_dir / "raw" / "telemetry1.v1.log")
+
+
+@pytest.fixture
+def histogram_cache(tmp_path, fixtures_dir) -> Path:
+    """A revision cache holding the Histograms.json the fixture ping names (release 23)."""
+    from converter.revisions import write_revision
+
+    cache = tmp_path / "cache"
+    definitions = fixtures_dir / "histograms" / "a55c55edf302.Histograms.json"
+    write_revision(cache, "releases/mozilla-release", "a55c55edf302", definitions.read_bytes())
+    return cache
+
+
 @pytest.fixture(scope="session")
 def moto_server():
     """A real S3 endpoint (moto in server mode) on loopback; yields its URL."""

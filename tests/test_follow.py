@@ -16,9 +16,8 @@ import pytest
 from converter.follow import follow
 from converter.layout import find_layout_files, read_layout_file
 from converter.process import ConverterConfig
-from converter.revisions import write_revision
 from converter.synthetic import make_records, write_layout
-from converter.variations import base_record, variations
+from converter.variations import variations
 from importer.follow import follow_dataset
 from importer.importer import ImportOptions
 from pipeline.health import read_status, stage_view
@@ -26,24 +25,14 @@ from pipeline.watcher import DirectoryWatcher, Stop
 from waiting import wait_for
 from receiver.rawlog import encode_record
 
-REPO = "releases/mozilla-release"
-REV = "a55c55edf302"
 TELEMETRY = str(Path(sys.executable).parent / "telemetry")
 
 
-@pytest.fixture(scope="module")
-def base(fixtures_dir):
-    return base_record(fixtures_dir / "raw" / "telemetry1.v1.log")
-
-
 @pytest.fixture
-def config(tmp_path, fixtures_dir):
-    cache = tmp_path / "cache"
-    definitions = fixtures_dir / "histograms" / f"{REV}.Histograms.json"
-    write_revision(cache, REPO, REV, definitions.read_bytes())
+def config(tmp_path, fixtures_dir, histogram_cache):
     return ConverterConfig(storage_path=str(tmp_path / "layout"),
                            telemetry_schema=str(fixtures_dir / "telemetry_schema.json"),
-                           histogram_cache=str(cache), max_file_size=20_000)
+                           histogram_cache=str(histogram_cache), max_file_size=20_000)
 
 
 class RawDrop:

@@ -15,8 +15,6 @@ import orjson
 import pytest
 import requests
 
-from converter.revisions import write_revision
-from converter.variations import base_record
 from pipeline.cli import status_lines
 from pipeline.config import PipelineConfig
 from pipeline.errors import PipelineConfigError
@@ -25,22 +23,7 @@ from pipeline.service import start_pipeline
 from pipeline.traffic import FIXTURE_BUILD, fixture_pings
 from waiting import wait_for
 
-REPO = "releases/mozilla-release"
-REV = "a55c55edf302"
 TELEMETRY = str(Path(sys.executable).parent / "telemetry")
-
-
-@pytest.fixture(scope="module")
-def base(fixtures_dir):
-    return base_record(fixtures_dir / "raw" / "telemetry1.v1.log")
-
-
-@pytest.fixture
-def cache(tmp_path, fixtures_dir):
-    cache = tmp_path / "cache"
-    definitions = fixtures_dir / "histograms" / f"{REV}.Histograms.json"
-    write_revision(cache, REPO, REV, definitions.read_bytes())
-    return cache
 
 
 def post(url: str, records) -> list[str]:
@@ -113,9 +96,9 @@ def test_status_of_a_directory_without_a_pipeline(tmp_path):
 
 
 def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_url, mongo_db,
-                                                            cache, base):
+                                                            histogram_cache, base):
     data = tmp_path / "data"
-    run = start_pipeline(pipeline_args(data, mongo_url, mongo_db.name, cache))
+    run = start_pipeline(pipeline_args(data, mongo_url, mongo_db.name, histogram_cache))
     try:
         url = run.receiver_url
         api = run.urls["api"]
@@ -129,6 +112,10 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
         metrics = requests.get(f"{api}/metrics", timeout=10).text
         assert 'telemetry_pipeline_stage_up{stage="importer"} 1' in metrics
         assert 'telemetry_pipeline_stage_lag_seconds{stage="converter"}' in metrics
+        # the operations view reads the receiver's stats log the pipeline gave it
+        operations = requests.get(f"{api}/operations/", timeout=10).json()
+        assert operations["receiver"]["status_codes"].get("200", 0) >= 20, operations
+        assert not [p for p in operations["problems"] if "--stats-log" in p or "--raw-logs" in p]
 
         # health while running: every stage up, no backlog
         health = wait_for(lambda: (lambda h: h if all(s["up"] for s in h["stages"].values())
@@ -138,7 +125,7 @@ def test_pipeline_restarts_a_killed_stage_and_drains_in_order(tmp_path, mongo_ur
                                 capture_output=True, text=True, timeout=60)
         assert status.returncode == 0, status.stdout
         second = subprocess.run([TELEMETRY, "pipeline",
-                                 *pipeline_args(data, mongo_url, mongo_db.name, cache)],
+                                 *pipeline_args(data, mongo_url, mongo_db.name, histogram_cache)],
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 1 and "another pipeline runs on" in second.stderr
         assert read_status(data / "pipeline" / "supervisor.json")["state"] == "running"
