@@ -614,6 +614,22 @@ def _import_input(ctx: Context) -> tuple[Path, set[str]]:
     return ctx.cache["import"]
 
 
+def _import_cmd(ctx: Context, layout: Path, url: str, db: str) -> list[str]:
+    """``telemetry import`` with the Histograms.json the synthetic records name, so that the
+    aggregates compared hold histograms too, not only simple measures."""
+    if "histogram-cache" not in ctx.cache:
+        from converter.revisions import write_revision
+
+        cache = ctx.tmp("histogram-cache")
+        rev = "a55c55edf302"
+        write_revision(cache, "releases/mozilla-release", rev,
+                       (ROOT / "tests" / "fixtures" / "histograms" / f"{rev}.Histograms.json")
+                       .read_bytes())
+        ctx.cache["histogram-cache"] = str(cache)
+    return telemetry(ctx, "import", str(layout), "--mongo-url", url, "-d", db, "--workers", "2",
+                     "--histogram-cache", ctx.cache["histogram-cache"])
+
+
 def _shared_mongo(ctx: Context) -> str:
     if "mongo" not in ctx.cache:
         from importer.mongo import start_embedded
@@ -636,9 +652,10 @@ def _aggregates(url: str, db: str) -> dict:
         coll = client[db]["payloads"]
         out = {"submissions": run_pipeline(coll, "submissions"),
                "os_distribution": run_pipeline(coll, "os_distribution")}
-        # The pre-computed aggregates the import keeps (docs/aggregates.md), bookkeeping aside.
+        # The pre-computed aggregates the import keeps (docs/aggregates.md), bookkeeping aside:
+        # the write counter and the write units a document lists (random ids, per run).
         for name in ("aggregates", "aggregates_metrics", "aggregates_options", "aggregates_dates"):
-            out[name] = sorted(({k: v for k, v in d.items() if k not in ("files", "v")}
+            out[name] = sorted(({k: v for k, v in d.items() if k not in ("units", "v")}
                                 for d in client[db][name].find()), key=lambda d: str(d["_id"]))
         out["aggregated_files"] = client[db]["aggregates_files"].count_documents({})
         return json.loads(json.dumps(out, sort_keys=True, default=str))
@@ -672,8 +689,7 @@ def _check_import(ctx: Context, url: str, db: str, expected: set[str], t: Trial,
 def _clean_aggregates(ctx: Context) -> dict:
     layout, _ = _import_input(ctx)
     url = _shared_mongo(ctx)
-    proc = run_stage(telemetry(ctx, "import", str(layout), "--mongo-url", url, "-d", "clean",
-                               "--workers", "2"))
+    proc = run_stage(_import_cmd(ctx, layout, url, "clean"))
     if proc.returncode:
         raise RuntimeError(f"clean import failed: {proc.stderr}")
     return _aggregates(url, "clean")
@@ -685,7 +701,7 @@ def importer_kill(ctx: Context, trial: int) -> Trial:
     layout, expected = _import_input(ctx)
     url = _shared_mongo(ctx)
     db = f"kill{trial}_{os.getpid()}"
-    cmd = telemetry(ctx, "import", str(layout), "--mongo-url", url, "-d", db, "--workers", "2")
+    cmd = _import_cmd(ctx, layout, url, db)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     killed = kill_group_after(proc, 0.5 + ctx.rng.random() * 2.5)
@@ -710,8 +726,7 @@ def mongo_kill(ctx: Context, trial: int) -> Trial:
     d = ctx.tmp("mongo-kill")
     server = start_embedded(d, detach=False, pid_file=False)
     try:
-        cmd = telemetry(ctx, "import", str(layout), "--mongo-url", server.url, "-d", "chaos",
-                        "--workers", "2")
+        cmd = _import_cmd(ctx, layout, server.url, "chaos")
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         time.sleep(0.5 + ctx.rng.random() * 2.5)

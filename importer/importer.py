@@ -102,6 +102,7 @@ class ChunkResult:
     files: list[FileResult] = field(default_factory=list)
     inserted: int = 0
     duplicates: int = 0
+    resumed: int = 0  # records of a resumed file that the interrupted run had already stored
     rejected: int = 0  # records the server refused (too large, invalid)
     examples: list[str] = field(default_factory=list)
     hook_stats: dict[str, int] = field(default_factory=dict)  # what the file hook reports
@@ -124,6 +125,7 @@ class ImportSummary:
     records: int = 0
     inserted: int = 0
     duplicates: int = 0
+    resumed: int = 0
     bad_records: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -147,6 +149,7 @@ class ImportSummary:
         self.bytes += chunk.bytes
         self.inserted += chunk.inserted
         self.duplicates += chunk.duplicates
+        self.resumed += chunk.resumed
         self.bad_records += chunk.rejected
         self.examples.extend(chunk.examples[: max(0, 10 - len(self.examples))])
         for key, n in chunk.hook_stats.items():
@@ -163,7 +166,8 @@ class ImportSummary:
             f"{self.files} files ({self.files_skipped} already imported{stale}), "
             f"{self.records} records, "
             f"{self.inserted} inserted, {self.duplicates} duplicates, "
-            f"{self.bad_records} bad records, "
+            + (f"{self.resumed} stored before by an interrupted run, " if self.resumed else "")
+            + f"{self.bad_records} bad records, "
             f"{len(self.failed)} failed files in {self.seconds:.1f}s ({rate:,.0f} records/s)"
         ) + "".join(f", {n} {key.replace('_', ' ')}" for key, n in sorted(self.hook_stats.items()))
 
@@ -563,6 +567,7 @@ class _Written:
 
     inserted: int = 0
     duplicates: int = 0
+    resumed: int = 0
     rejected: int = 0
     examples: list[str] = field(default_factory=list)
     error: str | None = None  # written, but the write concern was not satisfied
@@ -570,6 +575,7 @@ class _Written:
     def add(self, other: "_Written") -> "_Written":
         self.inserted += other.inserted
         self.duplicates += other.duplicates
+        self.resumed += other.resumed
         self.rejected += other.rejected
         self.examples += other.examples
         self.error = self.error or other.error
@@ -627,6 +633,7 @@ class _Writer:
         written = future.result()  # re-raises the write's error here, in the importing thread
         self.chunk.inserted += written.inserted
         self.chunk.duplicates += written.duplicates
+        self.chunk.resumed += written.resumed
         self.chunk.rejected += written.rejected
         for text in written.examples:
             self.example(text)
@@ -653,15 +660,19 @@ class _Writer:
                     out.inserted = len(docs)
                 else:
                     out.inserted = res.upserted_count
-                    if kind == "replace":  # a resumed file's earlier half is not a duplicate
+                    if kind == "replace":
                         out.duplicates = res.matched_count
+                    else:  # a resumed file's earlier half is not a duplicate
+                        out.resumed = res.matched_count
         except BulkWriteError as e:
             details = e.details
             errors = details.get("writeErrors", [])
             dup = [w for w in errors if w.get("code") == DUPLICATE_KEY]
             other = [w for w in errors if w.get("code") != DUPLICATE_KEY]
             out.inserted = details.get("nInserted", 0) + details.get("nUpserted", 0)
-            if kind != "resume":
+            if kind == "resume":
+                out.resumed = len(dup)
+            else:
                 out.duplicates = len(dup)
             out.rejected = len(other)
             out.examples = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -213,6 +214,13 @@ def test_interrupted_import_resumes_without_duplicates(generated, tmp_path, mong
     assert "0 duplicates" in rerun.stdout
     ids = [d["_id"] for d in mongo_db.payloads.find({}, {"_id": 1})]
     assert len(ids) == len(set(ids)) == 2000
+    # The counts add up: what the rerun read of the resumed files that the killed run had
+    # already stored is counted as such, not lost between "inserted" and "duplicates".
+    counts = re.search(r"(\d+) records, (\d+) inserted, 0 duplicates, (?:(\d+) stored before "
+                       r"by an interrupted run, )?0 bad records", rerun.stdout)
+    assert counts, rerun.stdout
+    records, inserted, resumed = (int(g or 0) for g in counts.groups())
+    assert records == inserted + resumed and inserted == 2000 - partial
     assert set(ids) == set(expected_documents(generated))
     assert mongo_db.imports.count_documents({"state": {"$ne": "done"}}) == 0
 
