@@ -173,6 +173,22 @@ def kill_group_after(proc: subprocess.Popen, delay: float) -> float | None:
     return killed
 
 
+def kill_and_rerun(cmd: list[str], delay: float, t: Trial, what: str) -> None:
+    """Start ``cmd``, SIGKILL its process group after ``delay`` s, run it again to the end:
+    the recovery time and a crash of the rerun go into ``t``."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    killed = kill_group_after(proc, delay)
+    if killed is None:
+        t.notes.append(f"{what} ended before the kill")
+        killed = time.monotonic()
+    rerun = run_stage(cmd)
+    t.recovery = time.monotonic() - killed
+    if why := crashed(rerun):
+        t.crashes += 1
+        t.notes.append(why)
+
+
 def raw_records(directory: Path) -> tuple[collections.Counter, list[str]]:
     """path -> copies over every raw log of ``directory``, and the read errors (corruption)."""
     seen: collections.Counter = collections.Counter()
@@ -519,17 +535,7 @@ def converter_kill(ctx: Context, trial: int) -> Trial:
     out = ctx.tmp("convert") / "out"
     cmd = telemetry(ctx, "process", str(raw), "--output", str(out), "--histogram-cache", str(cache),
                     "--workers", "2", "--max-file-size", "200000", "--no-progress")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    killed = kill_group_after(proc, 0.8 + ctx.rng.random() * 3.0)
-    if killed is None:
-        t.notes.append("run ended before the kill")
-        killed = time.monotonic()
-    rerun = run_stage(cmd)
-    t.recovery = time.monotonic() - killed
-    if why := crashed(rerun):
-        t.crashes += 1
-        t.notes.append(why)
+    kill_and_rerun(cmd, 0.8 + ctx.rng.random() * 3.0, t, "run")
     got = layout_records(out)
     _compare_counters(clean, got, t)
     return t
@@ -702,17 +708,7 @@ def importer_kill(ctx: Context, trial: int) -> Trial:
     url = _shared_mongo(ctx)
     db = f"kill{trial}_{os.getpid()}"
     cmd = _import_cmd(ctx, layout, url, db)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    killed = kill_group_after(proc, 0.5 + ctx.rng.random() * 2.5)
-    if killed is None:
-        t.notes.append("import ended before the kill")
-        killed = time.monotonic()
-    rerun = run_stage(cmd)
-    t.recovery = time.monotonic() - killed
-    if why := crashed(rerun):
-        t.crashes += 1
-        t.notes.append(why)
+    kill_and_rerun(cmd, 0.5 + ctx.rng.random() * 2.5, t, "import")
     _check_import(ctx, url, db, expected, t, "clean_aggregates")
     return t
 
@@ -933,17 +929,7 @@ def replay_kill(ctx: Context, trial: int) -> Trial:
         cmd = telemetry(ctx, "replay", str(source), "--dest", r.submit_url("%k"),
                         "--state", str(d / "replay.state"), "--rate", "400",
                         "--concurrency", str(concurrency))
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        killed = kill_group_after(proc, 0.3 + ctx.rng.random() * 1.2)
-        if killed is None:
-            t.notes.append("replay ended before the kill")
-            killed = time.monotonic()
-        rerun = run_stage(cmd)
-        t.recovery = time.monotonic() - killed
-        if why := crashed(rerun):
-            t.crashes += 1
-            t.notes.append(why)
+        kill_and_rerun(cmd, 0.3 + ctx.rng.random() * 1.2, t, "replay")
         code = r.stop()
     if code != 0:
         t.crashes += 1
