@@ -38,28 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
 
-
-def make_layout(pings: int, target: Path) -> tuple[Path, Path]:
-    """(layout, histogram cache) of a simulated fleet, made once per --pings in ``target``."""
-    from converter.process import ConverterConfig, process
-    from fleet.channels import write_revisions
-    from fleet.population import Fleet
-    from fleet.rawlogs import write_raw_logs
-
-    layout, cache = target / "layout", target / "histograms"
-    stamp = target / f".complete-{pings}"
-    if stamp.exists():
-        return layout, cache
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    write_revisions(cache)
-    write_raw_logs(Fleet(pings, seed=1).submissions(), target / "raw")
-    config = ConverterConfig.from_dict({"storage_path": str(layout),
-                                        "histogram_cache": str(cache), "workers": 2})
-    process(config, [target / "raw"], progress=False)
-    shutil.rmtree(target / "raw")
-    stamp.touch()
-    return layout, cache
+from aggregates import make_layout  # noqa: E402  (bench/aggregates.py: the same simulated layout)
 
 
 def load_records(layout: Path) -> list[tuple[str, dict, str, bytes]]:
