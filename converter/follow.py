@@ -138,11 +138,7 @@ def follow(config: ConverterConfig, inputs: Iterable[str | os.PathLike], stop: S
             raise ProcessError(f"--follow takes directories; {d} is not one")
         d.mkdir(parents=True, exist_ok=True)
     output = config.output
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        lock = _RunLock(output)
-    except OSError as e:
-        raise ProcessError(f"cannot write into {output}: {e}") from None
+    lock = _RunLock(output)
     status = StageStatus("converter", Path(status_file or converter_status_file(output)))
     summary = ProcessSummary()
     started = time.perf_counter()

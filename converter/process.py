@@ -493,8 +493,11 @@ class _RunLock:
     """One run per output directory at a time (released by the kernel if the run dies)."""
 
     def __init__(self, output: Path):
-        (output / STATE_DIR).mkdir(parents=True, exist_ok=True)
-        self._f = open(output / STATE_DIR / "lock", "w")
+        try:
+            (output / STATE_DIR).mkdir(parents=True, exist_ok=True)
+            self._f = open(output / STATE_DIR / "lock", "w")
+        except OSError as e:
+            raise ProcessError(f"cannot write into {output}: {e}") from None
         try:
             fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -532,11 +535,7 @@ def process(config: ConverterConfig, inputs: Iterable[str | os.PathLike],
     if not sources:
         raise ProcessError("no raw files to convert")
     output = config.output
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        lock = _RunLock(output)
-    except OSError as e:
-        raise ProcessError(f"cannot write into {output}: {e}") from None
+    lock = _RunLock(output)
     summary = ProcessSummary()
     try:
         drops, _ = dedup_drops(sources) if config.dedup else ({}, 0)
