@@ -197,12 +197,39 @@ def _number(value: Any) -> bool:
 class Aggregate:
     """Contributions of any number of pings, summed; see the module docstring for its layout."""
 
-    __slots__ = ("data", "definitions", "stats")
+    __slots__ = ("_data", "_definitions", "stats", "_staged")
 
     def __init__(self) -> None:
-        self.data: dict[tuple, dict[tuple, list]] = {}
-        self.definitions: dict[tuple, dict[str, tuple]] = {}
+        self._data: dict[tuple, dict[tuple, list]] = {}
+        self._definitions: dict[tuple, dict[str, tuple]] = {}
         self.stats: Counter = Counter()
+        # Pings added since the cells were last read, summed per cell without its date:
+        # (channel, version, dates, build, application, arch, os, osVersion)
+        #   -> (child, metric, label, layout) -> [histogram, sum, pings, definition]
+        # A ping goes to its two dates' cells (by build, by day) once per group, not each time.
+        self._staged: dict[tuple, dict[tuple, list]] = {}
+
+    @property
+    def data(self) -> dict[tuple, dict[tuple, list]]:
+        if self._staged:
+            self._settle()
+        return self._data
+
+    @data.setter
+    def data(self, value: dict) -> None:
+        self._settle()
+        self._data = value
+
+    @property
+    def definitions(self) -> dict[tuple, dict[str, tuple]]:
+        if self._staged:
+            self._settle()
+        return self._definitions
+
+    @definitions.setter
+    def definitions(self, value: dict) -> None:
+        self._settle()
+        self._definitions = value
 
     def __bool__(self) -> bool:
         return bool(self.data) or bool(self.stats)
@@ -272,10 +299,6 @@ class Aggregate:
         os_version = os_version if isinstance(os_version, str) and os_version else UNKNOWN
         if os_name == "Linux":
             os_version = os_version[:3]
-        # The same few strings in every key: interned, keys of earlier pings compare by identity.
-        channel, version, application, arch, os_name, os_version = map(
-            intern, (channel, version, application, arch, os_name, os_version))
-        dates = [(by, intern(date)) for by, date in dates]
 
         # One ping's metrics, summed over its payloads first so that it counts once per cell.
         # (child, metric, label, layout) -> [histogram, sum, slots that may be non-zero
@@ -315,33 +338,53 @@ class Aggregate:
                                             str(label).upper(), value)
 
         stats["pings"] += 1
-        data, definitions_out = self.data, self.definitions
-        for (child, metric, label, layout), (histogram, total, nonzero, d) in ping.items():
-            row = (application, arch, os_name, os_version, child, label, layout)
-            for by, date in dates:
-                key = (by, channel, version, date, metric)
-                rows = data.get(key)
-                if rows is None:
-                    rows = data[key] = {}
-                cell = rows.get(row)
-                if cell is None:
-                    rows[row] = [histogram[:d.size], total, 1]
-                    continue
-                if nonzero is None:
-                    cell[0] = list(map(add, cell[0], histogram))
-                else:  # only the slots that may be non-zero: the others hold the int 0
-                    into = cell[0]
-                    for i in nonzero:
-                        into[i] += histogram[i]
-                cell[1] += total
-                cell[2] += 1
-            known = definitions_out.get((channel, version, metric))
-            if known is None:
-                known = definitions_out[(channel, version, metric)] = {}
-            old = known.get(layout)
-            if old is None or old[3] < build:
-                known[layout] = (d.kind, d.buckets, d.description, build)
+        # The same few strings in every key: interned, keys of earlier pings compare by identity.
+        group_key = (intern(channel), intern(version),
+                     tuple([(by, intern(date)) for by, date in dates]), build,
+                     intern(application), intern(arch), intern(os_name), intern(os_version))
+        group = self._staged.get(group_key)
+        if group is None:
+            group = self._staged[group_key] = {}
+        for key, (histogram, total, nonzero, d) in ping.items():
+            cell = group.get(key)
+            if cell is None:
+                group[key] = [histogram[:d.size], total, 1, d]
+                continue
+            if nonzero is None:
+                cell[0] = list(map(add, cell[0], histogram))
+            else:  # only the slots that may be non-zero: the others hold the int 0
+                into = cell[0]
+                for i in nonzero:
+                    into[i] += histogram[i]
+            cell[1] += total
+            cell[2] += 1
         return True
+
+    def _settle(self) -> None:
+        """Add the staged sums to the cells of their dates, and note their definitions."""
+        staged, self._staged = self._staged, {}
+        data, definitions = self._data, self._definitions
+        for (channel, version, dates, build, *row_start), group in staged.items():
+            for (child, metric, label, layout), (histogram, total, count, d) in group.items():
+                row = (*row_start, child, label, layout)
+                for i, (by, date) in enumerate(dates):
+                    key = (by, channel, version, date, metric)
+                    rows = data.get(key)
+                    if rows is None:
+                        rows = data[key] = {}
+                    cell = rows.get(row)
+                    if cell is None:
+                        rows[row] = [histogram if i == 0 else list(histogram), total, count]
+                    else:
+                        cell[0] = list(map(add, cell[0], histogram))
+                        cell[1] += total
+                        cell[2] += count
+                known = definitions.get((channel, version, metric))
+                if known is None:
+                    known = definitions[(channel, version, metric)] = {}
+                old = known.get(layout)
+                if old is None or old[3] < build:
+                    known[layout] = (d.kind, d.buckets, d.description, build)
 
     def _histograms(self, ping: dict, definitions: Definitions, revision: str, child: str,
                     histograms: dict, keyed: str | None) -> None:
@@ -526,8 +569,9 @@ class Aggregate:
         return (self.data, self.definitions, dict(self.stats))
 
     def __setstate__(self, state):
-        self.data, self.definitions, stats = state
+        self._data, self._definitions, stats = state
         self.stats = Counter(stats)
+        self._staged = {}
 
     # -- what the API lists ----------------------------------------------
 

@@ -108,6 +108,8 @@ def main() -> None:
                 if agg is None:
                     agg = files[relpath] = model.Aggregate()
                 agg.add_ping(make_document(doc_id, text, {}), dims, definitions)
+            for agg in files.values():
+                agg.data  # read, as the importer's hook does per file: the staged pings go to their cells
             return files
 
         aggregate()  # warm the definitions cache, as a long-running importer has

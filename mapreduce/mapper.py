@@ -35,6 +35,7 @@ def _map(task: MapTask, progress: MutableSequence[int] | None) -> MapResult:
     map_fn = script.map
     records_before = 0
     try:
+        _hook(task, script.setup_map, context, "setup_map")
         for file_index, f in enumerate(task.files):
             progress[PROGRESS_FILE] = file_index
             progress[PROGRESS_LINE] = 0
@@ -54,6 +55,7 @@ def _map(task: MapTask, progress: MutableSequence[int] | None) -> MapResult:
                                f"{type(e).__name__}: {e}\n{_script_traceback(e)}") from None
             progress[PROGRESS_FILES_DONE] += 1
             records_before = stats.records
+        _hook(task, script.finish_map, context, "finish_map")
         try:
             context.finish()
         except Exception as e:
@@ -65,6 +67,17 @@ def _map(task: MapTask, progress: MutableSequence[int] | None) -> MapResult:
         raise
     return MapResult(task.index, len(task.files), stats.records, stats.bad_lines,
                      stats.bad_examples, writer.pairs)
+
+
+def _hook(task: MapTask, fn, context: MapContext, name: str) -> None:
+    """The script's ``setup_map`` or ``finish_map``, if it has one; a failure names it."""
+    if fn is None:
+        return
+    try:
+        fn(context)
+    except (Exception, SystemExit) as e:
+        raise JobError(f"{task.name}: {name} failed: {type(e).__name__}: {e}\n"
+                       f"{_script_traceback(e)}") from None
 
 
 def _script_traceback(e: BaseException) -> str:

@@ -1,5 +1,8 @@
 """A job script: the analyst's Python file with ``map`` and optional ``reduce``.
 
+Optional hooks: ``combine``, ``setup_reduce``, and ``setup_map``/``finish_map``
+around each map task (a job that sums in memory writes its sums at the end).
+
 SPEC section 5.  Scripts written for the original run unchanged: they are
 loaded as the module ``telemetry_job`` (as the original did), with their own
 directory on ``sys.path`` so they can import modules that sit next to them.
@@ -47,6 +50,8 @@ class JobScript:
     reduce: Callable[..., Any] | None
     combine: Callable[..., Any] | None
     setup_reduce: Callable[..., Any] | None
+    setup_map: Callable[..., Any] | None = None
+    finish_map: Callable[..., Any] | None = None
 
 
 _loaded: dict[tuple[str, str], JobScript] = {}
@@ -75,7 +80,8 @@ def load_script(source: ScriptSource) -> JobScript:
         raise ConfigError(f"job script {source.path} failed to load: "
                           f"{type(e).__name__}: {e}") from None
     functions = {name: getattr(module, name, None)
-                 for name in ("map", "reduce", "combine", "setup_reduce")}
+                 for name in ("map", "reduce", "combine", "setup_reduce", "setup_map",
+                              "finish_map")}
     for name, fn in functions.items():
         if fn is not None and not callable(fn):
             raise ConfigError(f"job script {source.path}: {name} is not a function")

@@ -148,6 +148,45 @@ def test_combine_does_not_change_results(tmp_path, layout, records, mappers, red
     assert list(calls.iterdir()), "combine was never called"
 
 
+SUM_PER_TASK = """
+import json
+from collections import Counter
+counts = None
+
+def setup_map(context):
+    global counts
+    counts = Counter()
+
+def map(key, dims, value, context):
+    counts[dims[3]] += 1
+
+def finish_map(context):
+    for version, n in counts.items():
+        context.write(version, n)
+    context.write("tasks", 1)
+
+def reduce(key, values, context):
+    context.write(key, sum(values))
+"""
+
+
+@pytest.mark.parametrize("mappers", [1, 3])
+def test_a_job_may_sum_over_its_map_task_and_write_at_the_end(tmp_path, layout, records, mappers):
+    job = write_job(tmp_path, SUM_PER_TASK)
+    _, out = run(tmp_path, job, layout, num_mappers=mappers)
+    expected = Counter(r.dimensions[3] for r in records)
+    assert lines(out) == sorted([f"{k}\t{v}" for k, v in expected.items()] + [f"tasks\t{mappers}"])
+
+
+def test_a_failing_finish_map_fails_the_job_naming_it(tmp_path, layout):
+    job = write_job(tmp_path, SUM_PER_TASK.replace(
+        "    context.write(\"tasks\", 1)", "    raise ValueError(\"no room\")"))
+    with pytest.raises(JobError) as err:
+        run(tmp_path, job, layout, num_mappers=2)
+    assert "finish_map failed: ValueError: no room" in str(err.value)
+    assert multiprocessing.active_children() == []
+
+
 def test_map_only_job_writes_map_output_as_is(tmp_path, layout, records):
     job = write_job(tmp_path, """
         import json

@@ -1,10 +1,11 @@
 """The aggregates of SPEC section 7 as a MapReduce job (``telemetry aggregates rebuild``).
 
 Each ping goes through the same :class:`aggregations.aggregates.Aggregate`
-as the importer's hook; its parts are keyed by ``(by, channel, version,
-date)``, combined 50 at a time on the mapper, summed per key on the
-reducer and written as ``{key json}<TAB>{aggregate json}`` lines, which
-:mod:`aggregations.rebuild` stores.  ``PARAMS`` is set by the rebuild.
+as the importer's hook, summed over the whole map task (``setup_map`` to
+``finish_map``); at its end the task's sums are written keyed by ``(by,
+channel, version, date)``, summed per key on the reducer and written as
+``{key json}<TAB>{aggregate json}`` lines, which :mod:`aggregations.rebuild`
+stores.  ``PARAMS`` is set by the rebuild.
 """
 
 import orjson
@@ -33,13 +34,25 @@ def _defs():
     return _definitions
 
 
+_task: Aggregate | None = None  # the running map task's sums
+
+
+def setup_map(context):
+    global _task
+    _task = Aggregate()
+
+
 def map(key, dimensions, value, context):
     try:
         payload = orjson.loads(value)
     except orjson.JSONDecodeError:
         return  # the importer rejects the same records
-    agg = Aggregate()
-    agg.add_ping(payload, dict(zip(PARAMS["dimensions"], dimensions)), _defs())
+    _task.add_ping(payload, dict(zip(PARAMS["dimensions"], dimensions)), _defs())
+
+
+def finish_map(context):
+    global _task
+    agg, _task = _task, None
     for part_key, part in agg.split().items():
         context.write(part_key, part)
     stats = Aggregate()
