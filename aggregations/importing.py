@@ -176,12 +176,15 @@ class AggregatesSink:
                 or time.monotonic() - self.since >= self.flush_seconds):
             self.flush()
 
-    def flush(self) -> None:
+    def flush(self) -> int:
+        """Apply what was summed since the last flush; the number of documents written."""
         batch, self.batch, self.since = self.batch, Batch(), time.monotonic()
-        if batch.entries:
-            result = self.store.apply(batch)
-            self.stats["aggregated_files"] += result.files
-            self.stats["aggregate_documents"] += result.documents
+        if not batch.entries:
+            return 0
+        result = self.store.apply(batch)
+        self.stats["aggregated_files"] += result.files
+        self.stats["aggregate_documents"] += result.documents
+        return result.documents
 
     def close(self) -> dict[str, int]:
         self.flush()

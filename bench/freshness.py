@@ -19,7 +19,7 @@ holding one of its pings was finished (renamed ``.finished``), which no
 downstream stage can beat; the figure is the end-to-end p95 against that
 floor, and against the target (p95 <= rotation age + 5 s, 0 lost).
 
-    bench/freshness.py [--rate 200] [--seconds 60] [--rotation-age-ms 5000] [--batch 50]
+    bench/freshness.py [--rate 200] [--seconds 60] [--rotation-age-ms 3000] [--batch 50]
                        [--visible api|mongo] [--mongo-url URI] [--config pipeline.json] [--keep DIR]
 """
 
@@ -132,7 +132,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="pings per second")
     ap.add_argument("--seconds", type=float, default=60.0, help="how long to post")
     ap.add_argument("--batch", type=int, default=50, help="pings per batch (one build ID each)")
-    ap.add_argument("--rotation-age-ms", type=int, default=5000)
+    ap.add_argument("--rotation-age-ms", type=int, default=3000,
+                    help="the pipeline's rotation age [3000, its default]")
     ap.add_argument("--visible", choices=("mongo", "api"), default="api")
     ap.add_argument("--mongo-url", help="a MongoDB of your own (default: the embedded server)")
     ap.add_argument("--config", type=Path, help="a pipeline.json for the pipeline (workers, ...)")

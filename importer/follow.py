@@ -126,8 +126,12 @@ class _Loop:
         if self.sink is None:
             return
         if caught_up or time.monotonic() - self.flushed_at >= FLUSH_SECONDS:
-            self._sink(self.sink.flush)
+            started = time.monotonic()
+            written = self._sink(self.sink.flush)
             self.flushed_at = time.monotonic()
+            if written:
+                log.info("aggregates: %d documents written in %.2fs",
+                         written, self.flushed_at - started)
 
     def close_sink(self) -> None:
         if self.sink is not None:

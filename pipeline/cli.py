@@ -27,7 +27,7 @@ from pipeline.errors import PipelineConfigError, PipelineError
 @click.option("--histogram-cache", help="Directory of cached Histograms.json revisions.")
 @click.option("--histogram-server", help="Histogram server URL or host:port.")
 @click.option("--rotation-age-ms", type=int,
-              help="A raw log is finished this long after it was opened [5000].")
+              help="A raw log is finished this long after it was opened [3000].")
 @click.pass_context
 def pipeline_group(ctx: click.Context, config_path: str | None, **options) -> None:
     """Run receiver, converter, importer and API as one supervised service (SIGTERM drains)."""

@@ -34,7 +34,7 @@ class PipelineConfig:
     database: str = "telemetry"
     histogram_cache: str | None = None
     histogram_server: str | None = None
-    rotation_age_ms: int = 5000      # a raw log is finished this long after it was opened
+    rotation_age_ms: int = 3000      # a raw log is finished this long after it was opened
     receiver_workers: int = 1
     converter_workers: int = 1
     api: bool = True                 # run the API server
