@@ -149,19 +149,17 @@ def test_combine_does_not_change_results(tmp_path, layout, records, mappers, red
 
 
 SUM_PER_TASK = """
-import json
 from collections import Counter
-counts = None
+counts = {}  # per running task, by context
 
 def setup_map(context):
-    global counts
-    counts = Counter()
+    counts[id(context)] = Counter()
 
 def map(key, dims, value, context):
-    counts[dims[3]] += 1
+    counts[id(context)][dims[3]] += 1
 
 def finish_map(context):
-    for version, n in counts.items():
+    for version, n in counts.pop(id(context)).items():
         context.write(version, n)
     context.write("tasks", 1)
 

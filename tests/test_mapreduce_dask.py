@@ -102,3 +102,34 @@ def test_the_engines_own_cluster_runs_without_dashboard_chores(scheduler):
         seen = client.run(lambda: {key: dask.config.get(key) for key in QUIET_CLUSTER})
     assert len(seen) == 2 and all(s == QUIET_CLUSTER for s in seen.values())
     assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
+def test_per_task_sums_stay_apart_when_a_worker_runs_tasks_in_threads(tmp_path, layout):
+    """setup_map/finish_map state kept by context (docs/mapreduce.md) on a multi-threaded worker."""
+    from collections import Counter
+
+    from distributed import LocalCluster
+
+    job = tmp_path / "job.py"
+    job.write_text(
+        "import time\n"
+        "from collections import Counter\n"
+        "counts = {}\n"
+        "def setup_map(context):\n"
+        "    counts[id(context)] = Counter()\n"
+        "def map(key, dims, value, context):\n"
+        "    time.sleep(0.001)  # let the other threads' tasks run in between\n"
+        "    counts[id(context)][dims[3]] += 1\n"
+        "def finish_map(context):\n"
+        "    for version, n in counts.pop(id(context)).items():\n"
+        "        context.write(version, n)\n"
+        "def reduce(key, values, context):\n"
+        "    context.write(key, sum(values))\n")
+    expected = Counter()
+    for lf in find_layout_files(layout):
+        expected[lf.dimensions[3]] += sum(1 for _ in read_layout_file(lf.path))
+    with LocalCluster(n_workers=1, threads_per_worker=4, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        _, out = run(tmp_path, job, layout, "dask", cluster.scheduler_address, num_mappers=4)
+    got = dict(line.split("\t") for line in out.decode().splitlines())
+    assert {k: int(v) for k, v in got.items()} == dict(expected)

@@ -34,12 +34,13 @@ def _defs():
     return _definitions
 
 
-_task: Aggregate | None = None  # the running map task's sums
+# The running map tasks' sums, by context: a Dask worker may run several tasks at once in
+# threads of one process, which share this module.
+_tasks: dict[int, Aggregate] = {}
 
 
 def setup_map(context):
-    global _task
-    _task = Aggregate()
+    _tasks[id(context)] = Aggregate()
 
 
 def map(key, dimensions, value, context):
@@ -47,12 +48,11 @@ def map(key, dimensions, value, context):
         payload = orjson.loads(value)
     except orjson.JSONDecodeError:
         return  # the importer rejects the same records
-    _task.add_ping(payload, dict(zip(PARAMS["dimensions"], dimensions)), _defs())
+    _tasks[id(context)].add_ping(payload, dict(zip(PARAMS["dimensions"], dimensions)), _defs())
 
 
 def finish_map(context):
-    global _task
-    agg, _task = _task, None
+    agg = _tasks.pop(id(context))
     for part_key, part in agg.split().items():
         context.write(part_key, part)
     stats = Aggregate()
