@@ -363,7 +363,7 @@ class Aggregate:
     def _settle(self) -> None:
         """Add the staged sums to the cells of their dates, and note their definitions."""
         staged, self._staged = self._staged, {}
-        data, definitions = self._data, self._definitions
+        data = self._data
         for (channel, version, dates, build, *row_start), group in staged.items():
             for (child, metric, label, layout), (histogram, total, count, d) in group.items():
                 row = (*row_start, child, label, layout)
@@ -379,12 +379,23 @@ class Aggregate:
                         cell[0] = list(map(add, cell[0], histogram))
                         cell[1] += total
                         cell[2] += count
-                known = definitions.get((channel, version, metric))
-                if known is None:
-                    known = definitions[(channel, version, metric)] = {}
-                old = known.get(layout)
-                if old is None or old[3] < build:
-                    known[layout] = (d.kind, d.buckets, d.description, build)
+                self._define((channel, version, metric), layout,
+                             (d.kind, d.buckets, d.description, build))
+
+    def _define(self, key: tuple, layout: str, definition: tuple) -> None:
+        """Keep, per (channel, version, metric) and layout, the definition of the newest build."""
+        known = self._definitions.get(key)
+        if known is None:
+            known = self._definitions[key] = {}
+        old = known.get(layout)
+        if old is None or old[3] < definition[3]:
+            known[layout] = definition
+
+    def merge_definitions(self, other: "Aggregate") -> None:
+        """Add ``other``'s definitions (the newest build's per layout), without its cells."""
+        for key, layouts in other.definitions.items():
+            for layout, definition in layouts.items():
+                self._define(key, layout, definition)
 
     def _histograms(self, ping: dict, definitions: Definitions, revision: str, child: str,
                     histograms: dict, keyed: str | None) -> None:
@@ -520,12 +531,7 @@ class Aggregate:
                     cell[0] = list(map(add, cell[0], h))
                     cell[1] += s
                     cell[2] += c
-        for key, layouts in other.definitions.items():
-            known = self.definitions.setdefault(key, {})
-            for layout, d in layouts.items():
-                old = known.get(layout)
-                if old is None or old[3] < d[3]:
-                    known[layout] = d
+        self.merge_definitions(other)
         self.stats.update(other.stats)
         return self
 

@@ -406,12 +406,7 @@ class Store:
 
 def _merge_meta(into: Aggregate, other: Aggregate) -> None:
     """Definitions and the keys that options and dates come from, without the histograms."""
-    for key, layouts in other.definitions.items():
-        known = into.definitions.setdefault(key, {})
-        for layout, d in layouts.items():
-            old = known.get(layout)
-            if old is None or old[3] < d[3]:
-                known[layout] = d
+    into.merge_definitions(other)
     for key, rows in other.data.items():
         mine = into.data.setdefault(key, {})
         for row in rows:
