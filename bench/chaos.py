@@ -298,14 +298,7 @@ def receiver_worker_kill(ctx: Context, trial: int) -> Trial:
             t.recovery = time.monotonic() - killed
             time.sleep(0.3)
         code = r.stop()
-    if code != 0:
-        t.crashes += 1
-        t.notes.append(f"receiver exit {code}")
-    stored, errors = raw_records(d / "logs")
-    t.crashes += bool(errors)
-    t.notes += errors[:1]
-    compare(load.acked, stored, t)
-    _unexpected_codes(load, t, allowed={200, "conn"})
+    _check_receiver_trial(d / "logs", load, code, t, allowed={200, "conn"})
     return t
 
 
@@ -337,14 +330,8 @@ def receiver_service_kill(ctx: Context, trial: int) -> Trial:
         finally:
             load.stop.set()
     code = r.stop()
-    if code != 0:
-        t.crashes += 1
-        t.notes.append(f"restarted receiver exit {code}")
-    stored, errors = raw_records(d / "logs")
-    t.crashes += bool(errors)
-    t.notes += errors[:1]
-    compare(load.acked, stored, t)
-    _unexpected_codes(load, t, allowed={200, "conn"})
+    _check_receiver_trial(d / "logs", load, code, t, allowed={200, "conn"},
+                          who="restarted receiver")
     return t
 
 
@@ -427,7 +414,7 @@ def _disk_full_tmpfs(ctx: Context, trial: int, disk: Path, t: Trial) -> Trial:
             _wait_for_ack_after(load, freed, t)
             time.sleep(0.3)
         code = r.stop()
-    _check_disk_trial(disk / "logs", load, code, t, allowed={200, 507, "conn"})
+    _check_receiver_trial(disk / "logs", load, code, t, allowed={200, 507, "conn"})
     t.notes.append(f"tmpfs 2 MiB: 507s {load.codes.get(507, 0)} in {freed - full_at:.1f}s")
     return t
 
@@ -447,7 +434,7 @@ def _disk_full_rlimit(ctx: Context, trial: int, d: Path, t: Trial) -> Trial:
             _wait_for_ack_after(load, time.monotonic(), t)
             time.sleep(0.3)
         code = r.stop()
-    _check_disk_trial(d / "logs", load, code, t, allowed={200, 500, "conn"})
+    _check_receiver_trial(d / "logs", load, code, t, allowed={200, 500, "conn"})
     return t
 
 
@@ -470,10 +457,12 @@ def _wait_for_ack_after(load: Load, moment: float, t: Trial) -> None:
         t.notes.append("no 200 after space returned")
 
 
-def _check_disk_trial(logs: Path, load: Load, code: int, t: Trial, allowed: set) -> None:
+def _check_receiver_trial(logs: Path, load: Load, code: int, t: Trial, allowed: set,
+                          who: str = "receiver") -> None:
+    """A receiver trial's verdict: its exit code, its raw logs against what was acknowledged."""
     if code != 0:
         t.crashes += 1
-        t.notes.append(f"receiver exit {code}")
+        t.notes.append(f"{who} exit {code}")
     stored, errors = raw_records(logs)
     t.crashes += bool(errors)
     t.notes += errors[:1]
