@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from dashboard.config import ConfigError, DashboardConfig
-from importer.cli import connect_url, mongo_config
+from importer.cli import connect_url, mongo_config, mongo_options
 
 
 @click.command("dashboard")
@@ -25,10 +25,7 @@ from importer.cli import connect_url, mongo_config
               help="A channel answered only with a bearer token (repeatable).")
 @click.option("--tokens-file", type=click.Path(dir_okay=False),
               help="File of bearer tokens, one per line.")
-@click.option("--mongo-url", envvar="TELEMETRY_MONGO_URL", metavar="URI",
-              help="MongoDB URI (or $TELEMETRY_MONGO_URL); without one the embedded server.")
-@click.option("--mongo-dir", type=click.Path(file_okay=False, path_type=Path),
-              envvar="TELEMETRY_MONGO_DIR", help="Data directory of the embedded server.")
+@mongo_options
 @click.option("--pipeline-dir", type=click.Path(file_okay=False),
               help="A `telemetry pipeline` data directory: its stages' health and lag on /metrics.")
 @click.option("--stats-log", type=click.Path(dir_okay=False),

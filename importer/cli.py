@@ -68,14 +68,20 @@ def collection_name(ctx, param, value: str) -> str:
     return value
 
 
-def mongo_options(f):
-    """``--mongo-url`` and ``--mongo-dir``, shared by every command that talks to MongoDB."""
-    f = click.option(
+def mongo_dir_option(f):
+    """``--mongo-dir``: where the embedded server keeps its data (the ``mongo`` commands too)."""
+    return click.option(
         "--mongo-dir",
         type=click.Path(file_okay=False, path_type=Path),
         envvar=DATA_DIR_ENV,
-        help="Data directory of the embedded server [default: ~/.local/share/telemetry/mongo].",
+        help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
+        "[default: ~/.local/share/telemetry/mongo].",
     )(f)
+
+
+def mongo_options(f):
+    """``--mongo-url`` and ``--mongo-dir``, shared by every command that talks to MongoDB."""
+    f = mongo_dir_option(f)
     f = click.option(
         "--mongo-url",
         envvar=URL_ENV,
@@ -383,13 +389,7 @@ def mongo():
 
 
 @mongo.command("start")
-@click.option(
-    "--mongo-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=DATA_DIR_ENV,
-    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
-    "[default: ~/.local/share/telemetry/mongo].",
-)
+@mongo_dir_option
 def mongo_start(mongo_dir):
     """Start the embedded server if it is not running, and print its URI."""
     config = mongo_config(None, mongo_dir)
@@ -402,13 +402,7 @@ def mongo_start(mongo_dir):
 
 
 @mongo.command("stop")
-@click.option(
-    "--mongo-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=DATA_DIR_ENV,
-    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
-    "[default: ~/.local/share/telemetry/mongo].",
-)
+@mongo_dir_option
 def mongo_stop(mongo_dir):
     """Stop the embedded server."""
     config = mongo_config(None, mongo_dir)
@@ -417,13 +411,7 @@ def mongo_stop(mongo_dir):
 
 
 @mongo.command("status")
-@click.option(
-    "--mongo-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=DATA_DIR_ENV,
-    help=f"Data directory of the embedded server (or ${DATA_DIR_ENV}) "
-    "[default: ~/.local/share/telemetry/mongo].",
-)
+@mongo_dir_option
 def mongo_status(mongo_dir):
     """Say whether the embedded server runs (exit 0) or not (exit 1)."""
     config = mongo_config(None, mongo_dir)
