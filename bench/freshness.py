@@ -41,6 +41,7 @@ import requests  # noqa: E402
 
 from converter.revisions import write_revision  # noqa: E402
 from converter.variations import base_record  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.errors import PipelineError  # noqa: E402
 from pipeline.service import start_pipeline  # noqa: E402
 from pipeline.traffic import FIXTURE_BUILD, Batch, SteadyTraffic, fixture_pings  # noqa: E402
@@ -132,8 +133,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=200.0, help="pings per second")
     ap.add_argument("--seconds", type=float, default=60.0, help="how long to post")
     ap.add_argument("--batch", type=int, default=50, help="pings per batch (one build ID each)")
-    ap.add_argument("--rotation-age-ms", type=int, default=3000,
-                    help="the pipeline's rotation age [3000, its default]")
+    ap.add_argument("--rotation-age-ms", type=int, default=PipelineConfig.rotation_age_ms,
+                    help="the pipeline's rotation age [its default, %(default)s]")
     ap.add_argument("--visible", choices=("mongo", "api"), default="api")
     ap.add_argument("--mongo-url", help="a MongoDB of your own (default: the embedded server)")
     ap.add_argument("--config", type=Path, help="a pipeline.json for the pipeline (workers, ...)")
